@@ -1,0 +1,6 @@
+"""Recognizer families and their registry. Importing this package registers every family."""
+
+from models._defaults import ModelDefaults
+from models._registry import create_model, get_defaults, list_models, register_model
+
+__all__ = ["ModelDefaults", "create_model", "get_defaults", "list_models", "register_model"]

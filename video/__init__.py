@@ -1,0 +1,1 @@
+"""Video decoding and frame sampling shared by training, export checks and the service."""
