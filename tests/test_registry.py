@@ -1,0 +1,76 @@
+"""Every registered small variant builds, runs forward and backward, and is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from models import ModelDefaults, create_model, get_defaults, list_models, register_model
+
+SMALL = [name for name in list_models() if name.endswith("_tiny")]
+FAMILIES = {"c3d_vll", "attention_lstm", "ms3d", "full_video"}
+
+
+def _input_for(name: str, batch: int = 2) -> torch.Tensor:
+    d = get_defaults(name)
+    h, w = d.input_size
+    if d.sampler == "pz":
+        t = sum(d.sampler_kwargs["sizes"])
+    elif d.clip_len > 0:
+        t = d.clip_len
+    else:
+        t = 12  # a whole (short) video for the full-video family
+    return torch.randn(batch, 3, t, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def test_every_family_has_paper_and_small_variants() -> None:
+    names = set(list_models())
+    assert FAMILIES <= names
+    assert {f"{f}_tiny" for f in FAMILIES} <= names
+    assert {get_defaults(n).family for n in names} == FAMILIES
+
+
+def test_register_model_refuses_duplicates() -> None:
+    defaults = get_defaults("c3d_vll_tiny")
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model(defaults=defaults)
+        def c3d_vll_tiny() -> torch.nn.Module:  # noqa: F811 - the point of the test
+            return torch.nn.Identity()
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_variant_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    d: ModelDefaults = get_defaults(name)
+    kwargs = {} if d.output == "embedding" else {"num_classes": 5}
+    model = create_model(name, **kwargs)
+    x = _input_for(name)
+    out = model(x)
+    if d.output == "embedding":
+        assert out.ndim == 2 and out.shape[0] == 2
+        torch.testing.assert_close(out.norm(dim=1), torch.ones(2), atol=1e-4, rtol=0)
+    elif d.aggregator == "last_steps_vote":
+        assert out.shape == (2, x.shape[2], 5)
+    else:
+        assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    out.float().pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    torch.manual_seed(0)
+    again = create_model(name, **kwargs)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x))
+
+
+def test_models_package_exports_registry() -> None:
+    assert models.create_model is create_model
