@@ -47,11 +47,19 @@ def test_unknown_model_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_variant_forward_backward(name: str) -> None:
-    torch.manual_seed(0)
     d: ModelDefaults = get_defaults(name)
     kwargs = {} if d.output == "embedding" else {"num_classes": 5}
-    model = create_model(name, **kwargs)
     x = _input_for(name)
+
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs)
+    torch.manual_seed(0)
+    again = create_model(name, **kwargs)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x))  # same seed, same network
+
+    model.train()
     out = model(x)
     if d.output == "embedding":
         assert out.ndim == 2 and out.shape[0] == 2
@@ -64,12 +72,6 @@ def test_small_variant_forward_backward(name: str) -> None:
     out.float().pow(2).mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-
-    torch.manual_seed(0)
-    again = create_model(name, **kwargs)
-    model.eval(), again.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), again(x))
 
 
 def test_models_package_exports_registry() -> None:
