@@ -1,0 +1,91 @@
+"""Video-level evaluation through the service's own path (decode -> sampler -> network ->
+aggregator), so the figures here are the figures a deployed bundle gives."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models._defaults import ModelDefaults
+from models.pipeline import decode_size, predict_frames
+from training.metrics import summarize
+from video.decode import decode_video
+from video.errors import VideoError
+
+__all__ = ["evaluate_videos", "VideoOutcome"]
+
+log = logging.getLogger(__name__)
+
+
+class VideoOutcome:
+    """One evaluated video: its ranking, rejection flag, and per-input correctness."""
+
+    __slots__ = ("path", "label", "order", "unknown", "input_correct", "inputs", "nearest")
+
+    def __init__(self, path: Path, label: int, order: list[int], unknown: bool,
+                 input_correct: int, inputs: int, nearest: float) -> None:
+        self.path, self.label, self.order, self.unknown = path, label, order, unknown
+        self.input_correct, self.inputs, self.nearest = input_correct, inputs, nearest
+
+
+def _input_correct(outputs: Tensor, scores, label: int) -> int:
+    pred = scores.input_pred
+    if pred is None and outputs.dim() == 2 and scores.distances is None:
+        pred = outputs.argmax(dim=1)
+    if pred is None:
+        return 0
+    return int((pred == label).sum())
+
+
+@torch.no_grad()
+def evaluate_videos(
+    forward: Callable[[Tensor], Tensor],
+    videos: Sequence[tuple[Path, int]],
+    defaults: ModelDefaults,
+    num_classes: int,
+    *,
+    batch_size: int = 16,
+    max_inputs: int = 0,
+    centres: Tensor | None = None,
+    gamma: float | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, object], list[VideoOutcome]]:
+    """Evaluate ``videos`` (path, label) and return the summary and per-video outcomes.
+
+    Undecodable videos are logged by path, counted in ``skipped`` and left out of the figures.
+    """
+    outcomes: list[VideoOutcome] = []
+    skipped: list[str] = []
+    iterator = videos
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(videos, desc="eval", leave=False, unit="video")
+    for path, label in iterator:
+        try:
+            frames, _ = decode_video(path, size=decode_size(defaults))
+        except VideoError as err:
+            log.warning("evaluation skips %s: %s", path, err)
+            skipped.append(str(path))
+            continue
+        pred = predict_frames(forward, frames, defaults, batch_size=batch_size,
+                              max_inputs=max_inputs, centres=centres, gamma=gamma)
+        s = pred.scores
+        nearest = float(s.distances[s.order[0]]) if s.distances is not None else float("nan")
+        outcomes.append(VideoOutcome(Path(path), int(label), s.order.tolist(), s.unknown,
+                                     _input_correct(pred.outputs, s, int(label)), pred.inputs,
+                                     nearest))
+    clip_total = sum(o.inputs for o in outcomes) if defaults.output == "logits" else 0
+    summary = summarize(
+        [o.order for o in outcomes], [o.label for o in outcomes], num_classes,
+        clip_correct=sum(o.input_correct for o in outcomes), clip_total=clip_total,
+    )
+    summary["skipped"] = skipped
+    if any(o.unknown for o in outcomes) or gamma is not None:
+        summary["unknown_rate"] = float(np.mean([o.unknown for o in outcomes])) if outcomes else float("nan")
+    return summary, outcomes
