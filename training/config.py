@@ -107,6 +107,7 @@ class TrainConfig:
     threads: int = _f(0, "torch intra-op threads per process (0: leave as is)")
     eval_every: int = _f(1, "evaluate every N epochs (the last epoch always)")
     resume: bool = _f(False, "continue from OUT/NAME/checkpoint.pt if present")
+    stop_after: int = _f(0, "end this invocation after N epochs (continue later with --resume)")
     progress: bool = _f(True, "show progress bars")
 
     def resolved_model(self) -> str:
