@@ -407,7 +407,7 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
     figures.update(closed)
     figures["in_class_acceptance"] = float(np.mean([not o.unknown for o in outcomes])) if outcomes else float("nan")
     if unknown_test:
-        _, open_outcomes = evaluate_videos(forward, unknown_test, defaults, known,
+        _, open_outcomes = evaluate_videos(forward, unknown_test, defaults, len(classes),
                                            batch_size=cfg.batch_size, centres=centres,
                                            gamma=repo.gamma)
         figures["unknown_rejection"] = float(np.mean([o.unknown for o in open_outcomes]))

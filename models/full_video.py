@@ -1,0 +1,450 @@
+"""Full video action recognition: a TSM ResNet that clusters all frames after its first stage.
+
+Paper: Liu et al., "No frame left behind: Full Video Action Recognition" (CVPR 2021),
+``papers/003_9ed3c60eac2eb6a4.txt``. Backbone: TSM (Lin et al., ICCV 2019) on ResNet-18 /
+ResNet-50, written here from scratch.
+
+Data path for a batch of ``N`` videos of ``T`` frames each, ``x`` of shape ``(N, 3, T, H, W)``:
+
+1. ``stem`` and ``layer1`` run on all ``N * T`` frames as one 2D batch.
+2. Per video, the ``T`` layer1 activations are cut into ``g`` temporal clusters
+   (:mod:`models.clustering`: cumulative by default, slope, or uniform segments) and each
+   cluster is replaced by its mean activation.
+3. ``layer2`` .. ``layer4`` run on the ``g`` cluster means; their temporal shift treats the
+   ``g`` means as the video's segments.
+4. Global average pooling, the mean over segments (TSN consensus), dropout and ``head``.
+
+``clustering="none"`` skips step 2: plain TSM with every given frame as a segment. With the
+``"all"`` sampler that is the paper's "TSM all" baseline; with the ``"uniform"`` sampler of ``k``
+segments it is "TSM-k" (the ``*_tsm`` variants below).
+
+Between blocks activations keep the shape ``(N, T, C, H, W)``, so every block reads its
+number of segments from its input; convolutions see ``(N * T, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models._defaults import ModelDefaults
+from models._registry import register_model
+from models.clustering import CLUSTERING_MODES, assign_clusters, cluster_means, hamming_distances
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BACKBONES",
+    "temporal_shift",
+    "BasicBlock",
+    "Bottleneck",
+    "FullVideoNet",
+    "full_video",
+    "full_video_r50",
+    "full_video_tiny",
+    "full_video_tsm",
+    "full_video_tsm_all",
+    "full_video_tiny_tsm",
+    "full_video_tiny_tsm_all",
+]
+
+# TSM's input statistics (ImageNet), on the [0, 1] scale.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def temporal_shift(x: Tensor, fold_div: int = 8) -> Tensor:
+    """TSM's bidirectional temporal shift with zero fill.
+
+    With ``fold = C // fold_div``: channels ``[0, fold)`` of frame ``t`` take the values of
+    frame ``t + 1`` (zeros for the last frame), channels ``[fold, 2 * fold)`` take those of
+    frame ``t - 1`` (zeros for the first frame), the remaining channels stay. Built from slices
+    and concatenation only, so it exports to ONNX with a dynamic number of frames.
+
+    Args:
+        x: ``(N, T, C, H, W)`` activations; ``T`` is the number of segments.
+        fold_div: ``C // fold_div`` channels move each way (8 in TSM and the paper).
+
+    Returns:
+        A new tensor of the same shape.
+    """
+    fold = x.shape[2] // fold_div
+    if fold == 0:
+        return x
+    backward = x[:, 1:, :fold]
+    forward = x[:, :-1, fold : 2 * fold]
+    pad = torch.zeros_like(x[:, :1, :fold])
+    return torch.cat(
+        [
+            torch.cat([backward, pad], dim=1),
+            torch.cat([pad, forward], dim=1),
+            x[:, :, 2 * fold :],
+        ],
+        dim=2,
+    )
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(
+            in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False
+        ),
+        nn.BatchNorm2d(out_channels),
+    ]
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(*_conv_bn(in_channels, out_channels, 1, stride))
+
+
+class _ShiftBlock(nn.Module):
+    """Residual block on ``(N, T, C, H, W)``: shift, then the 2D residual branch per frame."""
+
+    downsample: nn.Sequential | None
+
+    def __init__(self, shift_div: int) -> None:
+        super().__init__()
+        self.shift_div = shift_div
+        self.relu = nn.ReLU()
+
+    def _branch(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t = x.shape[0], x.shape[1]
+        frames = x.flatten(0, 1)
+        # TSM's residual shift: only the branch sees neighbouring frames, the identity path
+        # keeps each frame's own activation.
+        shifted = temporal_shift(x, self.shift_div).flatten(0, 1) if self.shift_div else frames
+        identity = frames if self.downsample is None else self.downsample(frames)
+        out = self.relu(self._branch(shifted) + identity)
+        return out.reshape((n, t) + out.shape[1:])
+
+
+class BasicBlock(_ShiftBlock):
+    """ResNet-18/34 block (two 3x3 convolutions) with a residual temporal shift."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, shift_div: int = 8) -> None:
+        super().__init__(shift_div)
+        self.conv1, self.bn1 = _conv_bn(in_channels, width, 3, stride)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3)
+        self.downsample = _shortcut(in_channels, width * self.expansion, stride)
+
+    def _branch(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(x))
+
+
+class Bottleneck(_ShiftBlock):
+    """ResNet-50 block (1x1, 3x3 with the stride, 1x1 x4) with a residual temporal shift."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, shift_div: int = 8) -> None:
+        super().__init__(shift_div)
+        self.conv1, self.bn1 = _conv_bn(in_channels, width, 1)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride)
+        self.conv3, self.bn3 = _conv_bn(width, width * self.expansion, 1)
+        self.downsample = _shortcut(in_channels, width * self.expansion, stride)
+
+    def _branch(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    block: type[_ShiftBlock]
+    layers: tuple[int, int, int, int]
+    width: int
+
+
+BACKBONES: dict[str, _Backbone] = {
+    "resnet18": _Backbone(BasicBlock, (2, 2, 2, 2), 64),
+    "resnet50": _Backbone(Bottleneck, (3, 4, 6, 3), 64),
+    # The CPU variant: ResNet-18's layout at a quarter of the width (16, 32, 64, 128 channels).
+    "resnet18_narrow": _Backbone(BasicBlock, (2, 2, 2, 2), 16),
+}
+
+
+class FullVideoNet(nn.Module):
+    """TSM ResNet with temporal clustering after ``layer1`` (or plain TSM for ``"none"``).
+
+    Args:
+        num_classes: Size of the classifier output.
+        backbone: A key of :data:`BACKBONES`.
+        width: Base width overriding the backbone's (channels of the stem and ``layer1``).
+        num_clusters: ``g``, the number of cluster means that reach ``layer2``.
+        clustering: ``"cumulative"``, ``"slope"``, ``"uniform"`` or ``"none"`` (no clustering:
+            every frame is a segment throughout).
+        shift_div: ``1 / shift_div`` of the channels shift each way; 0 disables the shift.
+        dropout: Dropout before ``head``.
+
+    Raises:
+        ValueError: For an unknown backbone or clustering mode, or ``num_clusters < 1``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "resnet18",
+        width: int | None = None,
+        num_clusters: int = 8,
+        clustering: str = "cumulative",
+        shift_div: int = 8,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
+        modes = (*CLUSTERING_MODES, "none")
+        if clustering not in modes:
+            raise ValueError(f"unknown clustering {clustering!r}; expected one of {modes}")
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
+        spec = BACKBONES[backbone]
+        base = width or spec.width
+        self.num_clusters = num_clusters
+        self.clustering = clustering
+        self.stem = nn.Sequential(
+            *_conv_bn(3, base, 7, stride=2), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)
+        )
+        channels = base
+        stages = []
+        for index, blocks in enumerate(spec.layers):
+            stage_width = base * 2**index
+            stride = 1 if index == 0 else 2
+            stage = []
+            for b in range(blocks):
+                stage.append(spec.block(channels, stage_width, stride if b == 0 else 1, shift_div))
+                channels = stage_width * spec.block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = channels
+        self.head_drop = nn.Dropout(dropout)
+        self.head = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def early_features(self, x: Tensor) -> Tensor:
+        """``(N, 3, T, H, W)`` -> layer1 activations of every frame, ``(N, T, C, h, w)``."""
+        n, t = x.shape[0], x.shape[2]
+        frames = self.stem(x.transpose(1, 2).flatten(0, 1))
+        return self.layer1(frames.reshape((n, t) + frames.shape[1:]))
+
+    def cluster(self, features: Tensor) -> Tensor:
+        """``(N, T, C, h, w)`` layer1 activations -> ``(N, g, C, h, w)`` cluster means.
+
+        The identity for ``clustering="none"``.
+        """
+        if self.clustering == "none":
+            return features
+        return cluster_means(features, self.assign(features), self.num_clusters)
+
+    def assign(self, features: Tensor) -> Tensor:
+        """Cluster ids ``(N, T)`` of layer1 activations ``(N, T, C, h, w)`` (not differentiated).
+
+        Without clustering every frame is its own segment (ids ``0..T-1``).
+        """
+        if self.clustering == "none":
+            return torch.ones_like(features[:, :, 0, 0, 0], dtype=torch.int64).cumsum(dim=1) - 1
+        distances = hamming_distances(features.detach())
+        return assign_clusters(distances, self.num_clusters, self.clustering)
+
+    @torch.no_grad()
+    def cluster_assignment(self, x: Tensor) -> Tensor:
+        """Which cluster each input frame joins, ``(N, T)``: for inspection (paper Fig. 7-8)."""
+        return self.assign(self.early_features(x))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(N, 3, T, H, W)`` -> per-segment feature maps ``(N, S, C, h, w)``.
+
+        ``S`` is ``g`` with clustering and ``T`` without.
+        """
+        return self.late_features(self.cluster(self.early_features(x)))
+
+    def late_features(self, segments: Tensor) -> Tensor:
+        """``layer2`` .. ``layer4`` on ``(N, S, C, h, w)`` segments (cluster means or frames)."""
+        return self.layer4(self.layer3(self.layer2(segments)))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """``(N, S, C, h, w)`` -> logits ``(N, num_classes)``: spatial pool, segment mean, head."""
+        pooled = features.mean(dim=(-2, -1)).mean(dim=1)
+        return self.head(self.head_drop(pooled))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, 3, T, H, W)`` videos -> ``(N, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _whole_video(input_size: tuple[int, int], num_clusters: int, **kwargs: object) -> ModelDefaults:
+    return ModelDefaults(
+        family="full_video",
+        input_size=input_size,
+        clip_len=0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        sampler="all",
+        # Short videos are padded by repeating the last frame, as in the paper's training.
+        sampler_kwargs={"min_frames": num_clusters},
+        aggregator="mean_prob",
+        **kwargs,
+    )
+
+
+def _uniform_segments(
+    input_size: tuple[int, int], num_segments: int, **kwargs: object
+) -> ModelDefaults:
+    return ModelDefaults(
+        family="full_video",
+        input_size=input_size,
+        clip_len=0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        sampler="uniform",
+        sampler_kwargs={"num_segments": num_segments},
+        aggregator="mean_prob",
+        **kwargs,
+    )
+
+
+# Paper scale: frames decoded at 256x340 (the common UCF101/Kinetics working size), 224 centre crop.
+_PAPER_SIZE = (224, 224)
+_PAPER_DECODE = (256, 340)
+# CPU scale: Move4Digits-sized frames, fed as they are.
+_TINY_SIZE = (64, 64)
+
+
+@register_model(defaults=_whole_video(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+def full_video(
+    *,
+    num_classes: int = 101,
+    num_clusters: int = 8,
+    clustering: str = "cumulative",
+    backbone: str = "resnet18",
+    width: int | None = None,
+    dropout: float = 0.5,
+) -> FullVideoNet:
+    """The paper's method on TSM ResNet-18 (its Move4MNIST/Breakfast setting), all frames, g = 8."""
+    return FullVideoNet(
+        num_classes=num_classes,
+        backbone=backbone,
+        width=width,
+        num_clusters=num_clusters,
+        clustering=clustering,
+        dropout=dropout,
+    )
+
+
+@register_model(defaults=_whole_video(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+def full_video_r50(
+    *,
+    num_classes: int = 101,
+    num_clusters: int = 8,
+    clustering: str = "cumulative",
+    dropout: float = 0.5,
+) -> FullVideoNet:
+    """The paper's method on TSM ResNet-50 (its UCF101/HMDB51/Something-Something setting)."""
+    return FullVideoNet(
+        num_classes=num_classes,
+        backbone="resnet50",
+        num_clusters=num_clusters,
+        clustering=clustering,
+        dropout=dropout,
+    )
+
+
+@register_model(defaults=_whole_video(_TINY_SIZE, 8))
+def full_video_tiny(
+    *,
+    num_classes: int = 4,
+    num_clusters: int = 8,
+    clustering: str = "cumulative",
+    width: int | None = None,
+    dropout: float = 0.2,
+) -> FullVideoNet:
+    """Narrow ResNet-18 (base width 16) on 64x64 frames, g = 8: Move4Digits on a CPU."""
+    return FullVideoNet(
+        num_classes=num_classes,
+        backbone="resnet18_narrow",
+        width=width,
+        num_clusters=num_clusters,
+        clustering=clustering,
+        dropout=dropout,
+    )
+
+
+@register_model(defaults=_uniform_segments(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+def full_video_tsm(
+    *,
+    num_classes: int = 101,
+    backbone: str = "resnet18",
+    dropout: float = 0.5,
+) -> FullVideoNet:
+    """Baseline TSM-k: TSM on k = 8 uniformly sampled frames (TSN sampling; change k through
+    the sampler's ``num_segments``)."""
+    return FullVideoNet(
+        num_classes=num_classes, backbone=backbone, clustering="none", dropout=dropout
+    )
+
+
+@register_model(defaults=_whole_video(_PAPER_SIZE, 1, decode_size=_PAPER_DECODE))
+def full_video_tsm_all(
+    *,
+    num_classes: int = 101,
+    backbone: str = "resnet18",
+    dropout: float = 0.5,
+) -> FullVideoNet:
+    """Baseline "TSM all": TSM on every frame of the video, no clustering."""
+    return FullVideoNet(
+        num_classes=num_classes, backbone=backbone, clustering="none", dropout=dropout
+    )
+
+
+@register_model(defaults=_uniform_segments(_TINY_SIZE, 8))
+def full_video_tiny_tsm(
+    *,
+    num_classes: int = 4,
+    width: int | None = None,
+    dropout: float = 0.2,
+) -> FullVideoNet:
+    """CPU-scale TSM-k baseline (k = 8 uniformly sampled frames) for Move4Digits."""
+    return FullVideoNet(
+        num_classes=num_classes,
+        backbone="resnet18_narrow",
+        width=width,
+        clustering="none",
+        dropout=dropout,
+    )
+
+
+@register_model(defaults=_whole_video(_TINY_SIZE, 1))
+def full_video_tiny_tsm_all(
+    *,
+    num_classes: int = 4,
+    width: int | None = None,
+    dropout: float = 0.2,
+) -> FullVideoNet:
+    """CPU-scale "TSM all" baseline for Move4Digits."""
+    return FullVideoNet(
+        num_classes=num_classes,
+        backbone="resnet18_narrow",
+        width=width,
+        clustering="none",
+        dropout=dropout,
+    )
