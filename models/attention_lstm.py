@@ -102,7 +102,7 @@ VGG16_TAPS: dict[str, tuple[int, int]] = {
 }
 
 
-def _vgg16_layers(width: float) -> list[nn.Module]:
+def _vgg16_layers(width: float, batch_norm: bool = False) -> list[nn.Module]:
     layers: list[nn.Module] = []
     in_ch = 3
     for v in _VGG16_CFG:
@@ -110,18 +110,31 @@ def _vgg16_layers(width: float) -> list[nn.Module]:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             out_ch = max(1, round(int(v) * width))
-            layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1))
+            if batch_norm:  # torchvision's vgg16_bn order: conv, bn, relu
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
             in_ch = out_ch
     return layers
 
 
-def _torchvision_vgg16_conv_keys() -> dict[str, int]:
-    """Every parameter key of torchvision's ``vgg16().features`` -> its layer index."""
+def _tap_index(tap: str, batch_norm: bool) -> int:
+    """Index of a tap's output layer in the (plain or batch-norm) VGG16 layer list."""
+    if not batch_norm:
+        return VGG16_TAPS[tap][0]
+    # Same layer, counted in the list where every conv is followed by a BatchNorm2d.
+    plain = VGG16_TAPS[tap][0]
+    convs_before = sum(1 for i, layer in enumerate(_vgg16_layers(1.0)) if i <= plain and isinstance(layer, nn.Conv2d))
+    return plain + convs_before
+
+
+def _torchvision_vgg16_conv_keys(batch_norm: bool = False) -> dict[str, int]:
+    """Every state-dict key of torchvision's ``vgg16().features`` (``vgg16_bn`` with
+    ``batch_norm``) -> its layer index."""
     keys: dict[str, int] = {}
-    for idx, layer in enumerate(_vgg16_layers(1.0)):
-        if isinstance(layer, nn.Conv2d):
-            keys[f"features.{idx}.weight"] = idx
-            keys[f"features.{idx}.bias"] = idx
+    for idx, layer in enumerate(_vgg16_layers(1.0, batch_norm)):
+        for name in layer.state_dict():
+            keys[f"features.{idx}.{name}"] = idx
     return keys
 
 
@@ -157,9 +170,13 @@ class VGG16Features(nn.Module):
     Args:
         width: Multiplier on the VGG16 channel widths (at least 1 channel each).
         taps: Names from :data:`VGG16_TAPS`, in the order their maps are returned.
+        batch_norm: BatchNorm after every conv (torchvision's ``vgg16_bn`` layout), which
+            lets a narrow VGG train from scratch; the plain VGG16 of the paper otherwise.
     """
 
-    def __init__(self, *, width: float = 1.0, taps: Sequence[str] = ("pool4", "conv5_3")) -> None:
+    def __init__(
+        self, *, width: float = 1.0, taps: Sequence[str] = ("pool4", "conv5_3"), batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
@@ -167,8 +184,9 @@ class VGG16Features(nn.Module):
         if unknown or not taps:
             raise ValueError(f"taps must be a non-empty subset of {sorted(VGG16_TAPS)}, got {taps}")
         self.taps = tuple(taps)
-        self.tap_indices = tuple(VGG16_TAPS[t][0] for t in self.taps)
-        self.features = nn.Sequential(*_vgg16_layers(width)[: max(self.tap_indices) + 1])
+        self.batch_norm = batch_norm
+        self.tap_indices = tuple(_tap_index(t, batch_norm) for t in self.taps)
+        self.features = nn.Sequential(*_vgg16_layers(width, batch_norm)[: max(self.tap_indices) + 1])
         self.channels = tuple(self._out_channels(i) for i in self.tap_indices)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -204,7 +222,7 @@ class VGG16Features(nn.Module):
         Raises:
             ValueError: Listing every offending key.
         """
-        known = _torchvision_vgg16_conv_keys()
+        known = _torchvision_vgg16_conv_keys(self.batch_norm)
         needed = {f"features.{k}": v for k, v in self.features.state_dict().items()}
         unexpected = sorted(k for k in state if k not in known and not k.startswith("classifier."))
         missing = sorted(k for k in needed if k not in state)
@@ -498,6 +516,8 @@ class AttentionLSTM(nn.Module):
         vgg_weights: Local VGG16 state dict (torchvision key layout, ``.safetensors`` or a
             PyTorch file) to start the pre-conv net from; ``None`` trains it from scratch.
         frozen: Keep the pre-conv net fixed (no gradients, always in eval mode).
+        vgg_batch_norm: BatchNorm after every VGG conv (torchvision's ``vgg16_bn`` layout for
+            ``vgg_weights``); the tiny variant uses it to train from scratch.
     """
 
     def __init__(
@@ -516,6 +536,7 @@ class AttentionLSTM(nn.Module):
         dropout: float = 0.0,
         vgg_weights: str | Path | None = None,
         frozen: bool = False,
+        vgg_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1 or conv3d_channels < 1 or ds_hidden < 1:
@@ -528,7 +549,7 @@ class AttentionLSTM(nn.Module):
         self.frozen = frozen
         self.num_features = lstm_hidden
 
-        self.preconv = VGG16Features(width=vgg_width, taps=levels)
+        self.preconv = VGG16Features(width=vgg_width, taps=levels, batch_norm=vgg_batch_norm)
         grids = self.preconv.grid(self.input_size)
         if min(min(g) for g in grids) < 1:
             raise ValueError(f"input_size {self.input_size} is too small for taps {tuple(levels)}")
@@ -624,6 +645,9 @@ _PAPER: dict[str, Any] = {
 _TINY: dict[str, Any] = {
     "input_size": (64, 64),
     "vgg_width": 1 / 8,
+    # A 13-conv narrow VGG without normalisation does not leave chance from scratch on CPU
+    # budgets; with BatchNorm it does (docs/results.md).
+    "vgg_batch_norm": True,
     "conv3d_channels": 32,
     "lstm_hidden": 64,
     "lstm_layers": 2,

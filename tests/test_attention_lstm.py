@@ -306,7 +306,7 @@ def _assert_loaded(features: VGG16Features, state: dict[str, torch.Tensor]) -> N
 
 def test_vgg16_weights_load_through_the_builder(vgg16_files) -> None:
     state, pth, st = vgg16_files
-    model = attention_lstm_tiny(num_classes=3, vgg_width=1.0, vgg_weights=pth)
+    model = attention_lstm_tiny(num_classes=3, vgg_width=1.0, vgg_weights=pth, vgg_batch_norm=False)
     _assert_loaded(model.preconv, state)
     features = VGG16Features()
     features.load_torchvision_state_dict(load_vgg16_state_dict(st))
@@ -332,7 +332,7 @@ def test_vgg16_weights_of_a_shallower_model_ignore_deeper_layers(tmp_path: Path)
     state = _torchvision_vgg16_state(width_div=8)
     path = tmp_path / "narrow.safetensors"
     save_file(state, str(path))
-    model = attention_lstm_tiny(num_classes=3, levels=("pool4",), vgg_weights=path)
+    model = attention_lstm_tiny(num_classes=3, levels=("pool4",), vgg_weights=path, vgg_batch_norm=False)
     assert len(model.preconv.features) == 24  # up to pool4
     for idx, _, _ in VGG16_CONVS[:10]:
         assert torch.equal(model.preconv.features[idx].weight, state[f"features.{idx}.weight"])
@@ -356,3 +356,21 @@ def test_frozen_preconv_gets_no_gradient_and_stays_in_eval() -> None:
     assert all(p.grad is None for p in model.preconv.parameters())
     assert all(p.grad is not None for p in model.branches.parameters())
     assert all(p.requires_grad for p in _tiny().preconv.parameters())
+
+
+def test_batch_norm_vgg_taps_and_torchvision_bn_layout(tmp_path) -> None:
+    from models.attention_lstm import _torchvision_vgg16_conv_keys
+
+    plain = VGG16Features(width=1 / 8)
+    bn = VGG16Features(width=1 / 8, batch_norm=True)
+    x = torch.randn(2, 3, 64, 64)
+    # the same taps come out at the same sizes with or without BatchNorm
+    assert [t.shape for t in plain(x)] == [t.shape for t in bn(x)]
+    # torchvision's vgg16_bn: pool4 is layer 33, relu5_3 is layer 42
+    assert bn.tap_indices == (33, 42)
+    keys = _torchvision_vgg16_conv_keys(batch_norm=True)
+    assert "features.1.running_mean" in keys and "features.40.weight" in keys
+    full = VGG16Features(batch_norm=True)
+    state = {f"features.{k}": v.clone() + 1 for k, v in full.features.state_dict().items()}
+    full.load_torchvision_state_dict(state)
+    torch.testing.assert_close(full.features[1].running_var, state["features.1.running_var"])
