@@ -120,11 +120,12 @@ class TrainConfig:
 # Family-specific values per preset; explicit flags override them.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
-        "c3d_vll": dict(epochs=12, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-4),
-        "attention_lstm": dict(epochs=12, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0,
+        # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
+        "c3d_vll": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
+        "attention_lstm": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, lam=1.0,
                                weight_decay=1e-5),
-        "ms3d": dict(epochs=12, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5),
-        "full_video": dict(epochs=12, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-4),
+        "ms3d": dict(epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5),
+        "full_video": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
     },
     "paper": {
         # Paper 000 section 4.1: SGD at 0.001, x0.1 every 2000 iterations, alpha 0.3,
