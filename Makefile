@@ -15,6 +15,11 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest -q
 
+demo: install
+	test -f data/move4digits/classInd.txt || \
+	  $(BIN)/python -m training.synth --out data/move4digits --classes 4 --per-class 60 --seed 0
+	$(BIN)/python -m training.run --family c3d_vll --data data/move4digits --out store
+
 bench: install
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python bench/decode.py
