@@ -211,7 +211,12 @@ def train(cfg: TrainConfig) -> Path | None:
     started = time.time()
     last_eval: dict[str, Any] = history[-1].get("eval", {}) if history else {}
     stop_at = min(cfg.epochs, start_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
-    for epoch in range(start_epoch, stop_at):
+    epochs = range(start_epoch, stop_at)
+    if show:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc="epochs", unit="epoch", initial=start_epoch, total=cfg.epochs)
+    for epoch in epochs:
         _seed_all(cfg.seed, epoch + 1, ctx.rank)  # dropout etc. depend on (seed, epoch, rank) only
         epoch_sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):
@@ -221,8 +226,6 @@ def train(cfg: TrainConfig) -> Path | None:
         seen = 0
         batches = loader
         if show:
-            from tqdm import tqdm
-
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
         t0 = time.time()
         for batch in batches:
