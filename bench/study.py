@@ -5,7 +5,7 @@
 
 ``run`` generates the datasets when missing (bench/_work/data), trains every configuration
 through ``python -m training.run`` in a subprocess, and appends one JSON line per finished run
-to bench/_work/study.jsonl; finished runs are skipped, so an interrupted study continues where
+to docs/study_runs.jsonl; finished runs are skipped, so an interrupted study continues where
 it stopped. ``report`` reads that file only.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
-RESULTS = WORK / "study.jsonl"
+RESULTS = ROOT / "docs" / "study_runs.jsonl"  # committed: the study spans sessions
 DOCS = ROOT / "docs"
 
 DATASETS = {

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models._io import atomic_write, atomic_write_bytes
+from models._io import atomic_write
 from models._registry import create_model
 from models.bundle import write_bundle
 from training.config import TrainConfig, parse_config
@@ -383,7 +383,7 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
     for e in train_entries:
         by_class.setdefault(e.label, []).append(e)
     centre_entries, calib_entries = [], []
-    for label, items in sorted(by_class.items()):
+    for _, items in sorted(by_class.items()):
         w = cfg.repo_videos or max(1, math.ceil(0.75 * len(items)))
         w = min(w, len(items) - 1) if len(items) > 1 else 1
         centre_entries += items[:w]
@@ -416,10 +416,8 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
         figures["unknown_rejection"] = float(np.mean([o.unknown for o in open_outcomes]))
         figures["unknown_videos"] = len(unknown_test)
     if final and held_out:
-        held_train = [e for e in train_entries if e.label >= known]  # empty: filtered earlier
-        if not held_train:
-            held_train = _held_out_train(cfg, classes, known)
-        emb_h, lab_h = embed(held_train)
+        # The held-out classes' training videos were kept out of training; read them now.
+        emb_h, lab_h = embed(_held_out_train(cfg, known))
         for label in range(known, len(classes)):
             rows = [emb for emb, lab in zip(emb_h, lab_h) if lab == label]
             if rows:
@@ -432,7 +430,7 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
     return repo, figures
 
 
-def _held_out_train(cfg: TrainConfig, classes: list[str], known: int):
+def _held_out_train(cfg: TrainConfig, known: int) -> list:
     splits = load_dataset(cfg.data, split=cfg.split)
     entries = [e for e in splits.train if e.label >= known]
     return validate_entries(entries, strict=False, what="held-out classes") if entries else []
