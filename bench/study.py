@@ -48,7 +48,7 @@ CONFIGS: list[tuple[str, str, list[str]]] = [
     ("attention_lstm", "late fusion", ["--fusion", "late"]),
     ("ms3d", "N-pair + repository", ["--holdout-classes", "1"]),
 ]
-EPOCHS = {"c3d_vll": 6, "full_video": 6, "attention_lstm": 8, "ms3d": 12}
+EPOCHS = {"c3d_vll": 10, "full_video": 10, "attention_lstm": 8, "ms3d": 15}
 
 TITLES = {
     "c3d_vll": "c3d_vll: clip-level vs video-level training (paper 000 Table 1)",
