@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,17 @@ __all__ = ["evaluate_videos", "VideoOutcome"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
 class VideoOutcome:
     """One evaluated video: its ranking, rejection flag, and per-input correctness."""
 
-    __slots__ = ("path", "label", "order", "unknown", "input_correct", "inputs", "nearest")
-
-    def __init__(self, path: Path, label: int, order: list[int], unknown: bool,
-                 input_correct: int, inputs: int, nearest: float) -> None:
-        self.path, self.label, self.order, self.unknown = path, label, order, unknown
-        self.input_correct, self.inputs, self.nearest = input_correct, inputs, nearest
+    path: Path
+    label: int
+    order: list[int]
+    unknown: bool
+    input_correct: int
+    inputs: int
+    nearest: float
 
 
 def _input_correct(outputs: Tensor, scores, label: int) -> int:
