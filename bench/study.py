@@ -185,6 +185,18 @@ def report() -> None:
         png = DOCS / f"results_{family}.png"
         fig.savefig(png, dpi=110)
         plt.close(fig)
+        sweeps = [r for r in rows if "open_set_sweep" in r["metrics"]]
+        if sweeps:
+            lines += ["", "Open-set trade-off over the gamma percentile (mean over the runs that have it):", "",
+                      "| dataset | percentile | in-class acceptance | unknown rejection | n |",
+                      "| --- | --- | --- | --- | --- |"]
+            for dataset in DATASETS:
+                sel = [r["metrics"]["open_set_sweep"] for r in sweeps if r["dataset"] == dataset]
+                for i, row in enumerate(sel[0] if sel else []):
+                    acc = [s_[i]["in_class_acceptance"] for s_ in sel]
+                    rej = [s_[i]["unknown_rejection"] for s_ in sel]
+                    lines.append(f"| {dataset} | {row['percentile']:g} | {_mean_std(acc)} | "
+                                 f"{_mean_std(rej)} | {len(sel)} |")
         example = next(r for r in rows)
         lines += ["", f"![{family}]({png.name})", "", "Exact command of each run (one example; the",
                   "others differ in `--seed` and the comparison flags listed in `bench/study.py`):",

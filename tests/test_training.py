@@ -57,6 +57,11 @@ def test_every_family_trains_and_writes_a_bundle(dataset: Path, tmp_path: Path, 
         assert bundle.has("repository.safetensors")
         # the held-out class is added to the repository after the open-set figures
         assert len(bundle.labels) == 4 and "unknown_rejection" in metrics
+        sweep = metrics["open_set_sweep"]
+        accept = [row["in_class_acceptance"] for row in sweep]
+        reject = [row["unknown_rejection"] for row in sweep]
+        # a larger gamma accepts more known videos and rejects fewer unknown ones
+        assert accept == sorted(accept) and reject == sorted(reject, reverse=True)
     else:
         assert sorted(bundle.labels) == ["move_down", "move_left", "move_right", "move_up"]
 
