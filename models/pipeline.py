@@ -18,7 +18,7 @@ from torch import Tensor
 
 from models._defaults import ModelDefaults
 from models.aggregators import VideoScores, aggregate
-from video.sampling import evenly_spaced, sample_indices
+from video.sampling import sample_indices
 from video.transforms import clips_to_tensor
 
 __all__ = ["decode_size", "sample_video", "prepare_inputs", "run_network", "aggregate_outputs",
@@ -40,10 +40,8 @@ def sample_video(
 ) -> np.ndarray:
     """The ``(N, L)`` frame indices the family's sampler picks, capped to ``max_inputs`` rows
     (evenly spaced) when that is positive."""
-    indices = sample_indices(defaults.sampler, frames, train=train, rng=rng, **defaults.sampler_kwargs)
-    if max_inputs and len(indices) > max_inputs:
-        indices = indices[evenly_spaced(len(indices), max_inputs)]
-    return indices
+    return sample_indices(defaults.sampler, frames, train=train, rng=rng, max_inputs=max_inputs,
+                          **defaults.sampler_kwargs)
 
 
 def prepare_inputs(

@@ -224,3 +224,11 @@ def test_sample_indices_errors():
         sample_indices("all", _video(3), clip_len=4)
     with pytest.raises(ValueError):
         sample_indices("all", _video(0))
+
+
+def test_sample_indices_caps_inputs_evenly() -> None:
+    frames = np.zeros((80, 2, 2, 3), dtype=np.uint8)
+    # 5 clips of 16 frames; a cap of 2 keeps clips floor((2i+1)*5/4) = 1 and 3
+    capped = sample_indices("consecutive", frames, clip_len=16, max_inputs=2)
+    np.testing.assert_array_equal(capped[:, 0], [16, 48])
+    assert len(sample_indices("consecutive", frames, clip_len=16, max_inputs=0)) == 5

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from video.decode import DecodeLimits, decode_video, probe_video
 from video.errors import VideoError
-from video.sampling import evenly_spaced, sample_indices
+from video.sampling import sample_indices
 from video.transforms import clips_to_tensor
 
 if TYPE_CHECKING:
@@ -649,10 +649,8 @@ class _VideoSource(Dataset):
         return frames
 
     def _indices(self, frames: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        idx = sample_indices(self.sampler, frames, train=self.train, rng=rng, **self.sampler_kwargs)
-        if self.max_clips is not None and len(idx) > self.max_clips:
-            idx = idx[evenly_spaced(len(idx), self.max_clips)]
-        return idx
+        return sample_indices(self.sampler, frames, train=self.train, rng=rng,
+                              max_inputs=self.max_clips or 0, **self.sampler_kwargs)
 
     def _tensor(
         self, frames: np.ndarray, idx: np.ndarray, rng: np.random.Generator | None

@@ -291,6 +291,7 @@ def sample_indices(
     *,
     train: bool = False,
     rng: np.random.Generator | None = None,
+    max_inputs: int = 0,
     **kwargs: Any,
 ) -> np.ndarray:
     """Turn a decoded video into an ``(N, L)`` index matrix with the sampler ``name``.
@@ -302,6 +303,8 @@ def sample_indices(
         frames: ``(T, H, W, C)`` decoded frames; only ``pz`` looks at the pixels.
         train: Training-time randomness where the sampler has any (``uniform``).
         rng: Random generator for ``uniform`` (training) and ``pz``.
+        max_inputs: Keep at most this many rows, evenly spaced (0: all), e.g. the cap on
+            clips per video in training and evaluation.
         **kwargs: The sampler's own arguments, as listed above.
 
     Returns:
@@ -317,4 +320,7 @@ def sample_indices(
         raise KeyError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
     if len(frames) < 1:
         raise ValueError("cannot sample from a video with no frames")
-    return np.asarray(sampler(frames, train=train, rng=rng, **kwargs), dtype=np.int64)
+    indices = np.asarray(sampler(frames, train=train, rng=rng, **kwargs), dtype=np.int64)
+    if max_inputs and len(indices) > max_inputs:
+        indices = indices[evenly_spaced(len(indices), max_inputs)]
+    return indices
