@@ -96,6 +96,8 @@ _VGG16_CFG: tuple[int | str, ...] = (
 # Index in torchvision's ``vgg16().features`` of the layer whose output is tapped, and the
 # total stride of that output (grid = floor(size / stride)).
 VGG16_TAPS: dict[str, tuple[int, int]] = {
+    "conv3_3": (15, 4),  # relu3_3
+    "pool3": (16, 8),
     "conv4_3": (22, 8),  # relu4_3
     "pool4": (23, 16),
     "conv5_3": (29, 16),  # relu5_3

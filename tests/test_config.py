@@ -57,3 +57,19 @@ def test_config_roundtrip_refuses_unknown_keys() -> None:
     assert config_from_dict(dataclasses.asdict(cfg)) == cfg
     with pytest.raises(ValueError, match="unknown config keys"):
         config_from_dict({"nope": 1})
+
+
+def test_clip_overrides_reach_the_sampler() -> None:
+    from training.tasks import make_task
+
+    base = ["--data", "x", "--preset", "demo"]
+    # frame_step alone: clips of the default length, dilated, non-overlapping (span 3*15+1).
+    task = make_task(parse_config([*base, "--family", "c3d_vll", "--frame-step", "3"]), ["a", "b"])
+    d = task.defaults()
+    assert d.sampler_kwargs == {"clip_len": 16, "stride": 46, "frame_step": 3}
+    # An explicit stride wins; the vote window of attention_lstm never exceeds the clip.
+    task = make_task(parse_config([*base, "--family", "attention_lstm", "--clip-len", "4",
+                                   "--clip-stride", "2", "--frame-step", "2"]), ["a", "b"])
+    d = task.defaults()
+    assert (d.clip_len, d.sampler_kwargs["stride"], d.sampler_kwargs["frame_step"]) == (4, 2, 2)
+    assert d.aggregator_kwargs["last"] <= 4

@@ -232,3 +232,16 @@ def test_sample_indices_caps_inputs_evenly() -> None:
     capped = sample_indices("consecutive", frames, clip_len=16, max_inputs=2)
     np.testing.assert_array_equal(capped[:, 0], [16, 48])
     assert len(sample_indices("consecutive", frames, clip_len=16, max_inputs=0)) == 5
+
+
+def test_consecutive_frame_step_dilates_each_clip() -> None:
+    # span = (4 - 1) * 3 + 1 = 10 frames; starts every 10 by default: 0, 10 (20 + 10 > 25).
+    assert consecutive_clips(25, 4, frame_step=3).tolist() == [[0, 3, 6, 9], [10, 13, 16, 19]]
+    # An explicit stride still sets the starts.
+    assert consecutive_clips(12, 3, stride=2, frame_step=2).tolist() == [
+        [0, 2, 4], [2, 4, 6], [4, 6, 8], [6, 8, 10]]
+    # Shorter than one span: one clip, indices past the end repeat the last frame.
+    assert consecutive_clips(7, 4, frame_step=3).tolist() == [[0, 3, 6, 6]]
+    frames = np.zeros((32, 2, 2, 3), dtype=np.uint8)
+    got = sample_indices("consecutive", frames, clip_len=8, frame_step=4)
+    assert got.tolist() == [list(range(0, 32, 4))]

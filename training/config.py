@@ -81,6 +81,7 @@ class TrainConfig:
     ds_weight: float = _f(1.0, "attention_lstm: weight of the deep-supervision losses")
     clip_len: int = _f(0, "frames per clip, L1 for attention_lstm (0: the model's default)")
     clip_stride: int = _f(0, "frames between clip starts, s (0: the model's default)")
+    frame_step: int = _f(0, "frames between the frames of a clip, temporal dilation (0: model default)")
     vote_steps: int = _f(0, "attention_lstm: L2, steps voted per clip (0: model default)")
     vgg_weights: str = _f("", "attention_lstm: local VGG16 state dict (torchvision layout)")
     frozen_vgg: bool = _f(False, "attention_lstm: keep the VGG16 layers frozen")

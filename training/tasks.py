@@ -149,18 +149,31 @@ class Task:
         return loss, {"ce": float(loss.detach())}
 
 
+
+def _consecutive_defaults(d: ModelDefaults, cfg: TrainConfig) -> ModelDefaults:
+    """The model's consecutive-clip settings with the run's ``clip_len`` / ``clip_stride`` /
+    ``frame_step`` overrides; a changed clip shape without an explicit stride keeps clips
+    non-overlapping."""
+    if not (cfg.clip_len or cfg.clip_stride or cfg.frame_step):
+        return d
+    kw = dict(d.sampler_kwargs)
+    length = cfg.clip_len or d.clip_len
+    step = cfg.frame_step or kw.get("frame_step", 1)
+    if cfg.clip_stride:
+        kw["stride"] = cfg.clip_stride
+    elif cfg.clip_len or cfg.frame_step:
+        kw["stride"] = (length - 1) * step + 1
+    kw.update(clip_len=length, frame_step=step)
+    return dataclasses.replace(d, clip_len=length, sampler_kwargs=kw)
+
+
 class C3DTask(Task):
     """c3d_vll: clip-level CE, or video-level CE with CCL-euclidean / -error / full (paper 000)."""
 
     family = "c3d_vll"
 
     def defaults(self) -> ModelDefaults:
-        d = self.base
-        if self.cfg.clip_len or self.cfg.clip_stride:
-            length = self.cfg.clip_len or d.clip_len
-            kw = {**d.sampler_kwargs, "clip_len": length, "stride": self.cfg.clip_stride or length}
-            d = dataclasses.replace(d, clip_len=length, sampler_kwargs=kw)
-        return d
+        return _consecutive_defaults(self.base, self.cfg)
 
     def model_kwargs(self) -> dict[str, Any]:
         kw = super().model_kwargs()
@@ -187,15 +200,10 @@ class AttentionTask(Task):
     family = "attention_lstm"
 
     def defaults(self) -> ModelDefaults:
-        d = self.base
-        length = self.cfg.clip_len or d.clip_len
-        stride = self.cfg.clip_stride or (length if self.cfg.clip_len else d.sampler_kwargs.get("stride", length))
-        last = self.cfg.vote_steps or d.aggregator_kwargs.get("last", length)
+        d = _consecutive_defaults(self.base, self.cfg)
+        last = self.cfg.vote_steps or d.aggregator_kwargs.get("last", d.clip_len)
         return dataclasses.replace(
-            d, clip_len=length,
-            sampler_kwargs={**d.sampler_kwargs, "clip_len": length, "stride": stride},
-            aggregator_kwargs={**d.aggregator_kwargs, "last": min(last, length)},
-        )
+            d, aggregator_kwargs={**d.aggregator_kwargs, "last": min(last, d.clip_len)})
 
     def model_kwargs(self) -> dict[str, Any]:
         return {**super().model_kwargs(), "fusion": self.cfg.fusion, "frozen": self.cfg.frozen_vgg}

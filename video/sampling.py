@@ -49,32 +49,41 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def consecutive_clips(num_frames: int, clip_len: int, stride: int | None = None) -> np.ndarray:
-    """Consecutive clips of ``clip_len`` frames, starting at frame 0 every ``stride`` frames.
+def consecutive_clips(
+    num_frames: int, clip_len: int, stride: int | None = None, frame_step: int = 1
+) -> np.ndarray:
+    """Clips of ``clip_len`` frames taken every ``frame_step`` frames, starting at frame 0
+    every ``stride`` frames.
 
-    A tail too short for a whole clip is dropped. A video shorter than ``clip_len`` gives one
-    clip padded by repeating its last frame (paper 000 trains on such videos too).
+    A clip covers ``span = (clip_len - 1) * frame_step + 1`` source frames; ``frame_step > 1``
+    is the temporal dilation other tools call the frame interval (it lets a short clip see a
+    slow motion over more time). A tail too short for a whole clip is dropped. A video shorter
+    than ``span`` gives one clip whose indices past the end repeat the last frame (paper 000
+    trains on such videos too).
 
     Args:
         num_frames: Frames in the video (``T >= 1``).
         clip_len: Frames per clip.
-        stride: Frames between clip starts; ``None`` means ``clip_len`` (non-overlapping).
+        stride: Frames between clip starts; ``None`` means ``span`` (non-overlapping).
+        frame_step: Frames between consecutive frames of a clip (1: adjacent frames).
 
     Returns:
-        ``(N, clip_len)`` int64 indices with ``N = (T - clip_len) // stride + 1`` (or 1).
+        ``(N, clip_len)`` int64 indices with ``N = (T - span) // stride + 1`` (or 1).
 
     Raises:
         ValueError: On a non-positive argument.
     """
     _check_positive("num_frames", num_frames)
     _check_positive("clip_len", clip_len)
-    stride = clip_len if stride is None else stride
+    _check_positive("frame_step", frame_step)
+    offsets = np.arange(clip_len, dtype=np.int64) * frame_step
+    span = int(offsets[-1]) + 1
+    stride = span if stride is None else stride
     _check_positive("stride", stride)
-    if num_frames < clip_len:
-        row = np.minimum(np.arange(clip_len, dtype=np.int64), num_frames - 1)
-        return row[None, :]
-    starts = np.arange(0, num_frames - clip_len + 1, stride, dtype=np.int64)
-    return starts[:, None] + np.arange(clip_len, dtype=np.int64)[None, :]
+    if num_frames < span:
+        return np.minimum(offsets, num_frames - 1)[None, :]
+    starts = np.arange(0, num_frames - span + 1, stride, dtype=np.int64)
+    return starts[:, None] + offsets[None, :]
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:
@@ -241,9 +250,10 @@ def _sample_consecutive(
     rng: np.random.Generator | None,
     clip_len: int,
     stride: int | None = None,
+    frame_step: int = 1,
     max_clips: int | None = None,
 ) -> np.ndarray:
-    clips = consecutive_clips(len(frames), clip_len, stride)
+    clips = consecutive_clips(len(frames), clip_len, stride, frame_step)
     if max_clips is not None:
         clips = clips[evenly_spaced(len(clips), max_clips)]
     return clips
@@ -297,7 +307,7 @@ def sample_indices(
     """Turn a decoded video into an ``(N, L)`` index matrix with the sampler ``name``.
 
     Args:
-        name: ``"consecutive"`` (``clip_len``, ``stride``, ``max_clips``), ``"uniform"``
+        name: ``"consecutive"`` (``clip_len``, ``stride``, ``frame_step``), ``"uniform"``
             (``num_segments``), ``"pz"`` (``sizes=(7, 17, 25)``, ``walks=1``,
             ``floor=1e-3``; seed 0 when ``rng`` is ``None``) or ``"all"`` (``min_frames``).
         frames: ``(T, H, W, C)`` decoded frames; only ``pz`` looks at the pixels.
