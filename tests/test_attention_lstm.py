@@ -52,7 +52,8 @@ def test_defaults_follow_the_paper_and_the_tiny_setting() -> None:
     assert (paper.clip_len, paper.input_size) == (30, (224, 224))
     assert paper.sampler == "consecutive" and paper.sampler_kwargs == {"clip_len": 30, "stride": 30}
     assert paper.aggregator == "last_steps_vote" and paper.aggregator_kwargs == {"last": 16}
-    assert (tiny.clip_len, tiny.input_size, tiny.aggregator_kwargs) == (16, (64, 64), {"last": 8})
+    assert (tiny.clip_len, tiny.input_size, tiny.aggregator_kwargs) == (8, (64, 64), {"last": 4})
+    assert tiny.sampler_kwargs == {"clip_len": 8, "frame_step": 4}
 
 
 def test_paper_variant_structure_on_meta_device() -> None:
@@ -76,14 +77,15 @@ def test_forward_shapes(fusion: str) -> None:
     assert isinstance(out, AttentionLSTMOutput)
     torch.testing.assert_close(out.step_logits, logits)
     assert len(out.ds_logits) == len(out.attention) == len(out.energy) == 2
-    for ds, att, energy in zip(out.ds_logits, out.attention, out.energy):
+    # The tiny variant taps pool3 and pool4: 64 / 8 = 8x8 and 64 / 16 = 4x4 grids.
+    for ds, att, energy, cells in zip(out.ds_logits, out.attention, out.energy, (64, 16)):
         assert ds.shape == (2, 6, 4)
-        assert att.shape == energy.shape == (2, 6, 16)  # 64 / 16 = 4x4 grid
+        assert att.shape == energy.shape == (2, 6, cells)
         # Every step's attention and energy are distributions over the grid.
         torch.testing.assert_close(att.sum(-1), torch.ones(2, 6))
         torch.testing.assert_close(energy.sum(-1), torch.ones(2, 6))
         # h_0 = 0 and no attention bias: the first step looks everywhere equally.
-        torch.testing.assert_close(att[:, 0], torch.full((2, 16), 1 / 16))
+        torch.testing.assert_close(att[:, 0], torch.full((2, cells), 1 / cells))
         assert torch.isfinite(ds).all()
     assert torch.isfinite(logits).all()
 
@@ -119,7 +121,8 @@ def test_same_seed_same_output() -> None:
 
 
 def test_shared_attention_uses_one_map() -> None:
-    model = _tiny(shared_attention=True)
+    # One shared map needs equal grids: pool4 and conv5_3 are both 4x4 at 64x64.
+    model = _tiny(shared_attention=True, levels=("pool4", "conv5_3"))
     assert len(model.lstm.attention) == 1
     out = model.forward_train(_clips(t=3))
     torch.testing.assert_close(out.attention[0], out.attention[1])
@@ -306,7 +309,8 @@ def _assert_loaded(features: VGG16Features, state: dict[str, torch.Tensor]) -> N
 
 def test_vgg16_weights_load_through_the_builder(vgg16_files) -> None:
     state, pth, st = vgg16_files
-    model = attention_lstm_tiny(num_classes=3, vgg_width=1.0, vgg_weights=pth, vgg_batch_norm=False)
+    model = attention_lstm_tiny(num_classes=3, vgg_width=1.0, vgg_weights=pth, vgg_batch_norm=False,
+                                levels=("pool4", "conv5_3"))
     _assert_loaded(model.preconv, state)
     features = VGG16Features()
     features.load_torchvision_state_dict(load_vgg16_state_dict(st))
