@@ -45,6 +45,7 @@ __all__ = [
     "assign_clusters",
     "cluster_means",
     "cluster_weights",
+    "temporal_cluster",
 ]
 
 CLUSTERING_MODES = ("cumulative", "slope", "uniform")
@@ -272,6 +273,25 @@ def cluster_means(x: Tensor, assignment: Tensor, num_clusters: int) -> Tensor:
     flat = x.flatten(lead)  # (..., T, D)
     means = torch.matmul(weights, flat)  # (..., g, D)
     return means.reshape(means.shape[:lead] + x.shape[lead:])
+
+
+def temporal_cluster(x: Tensor, num_clusters: int, mode: str = "cumulative") -> Tensor:
+    """The whole clustering step: distances, assignment and cluster means of ``(..., T, C, H, W)``.
+
+    This is the operation the exported graph carries as one ``TemporalCluster`` node
+    (:mod:`export.onnx`) and the TensorRT plugin computes (:mod:`export.plugin`); it is the
+    reference both are checked against.
+
+    Args:
+        x: ``(..., T, C, H, W)`` activations.
+        num_clusters: ``g``.
+        mode: ``"cumulative"``, ``"slope"`` or ``"uniform"``.
+
+    Returns:
+        ``(..., g, C, H, W)`` cluster means; gradients flow to ``x`` through the means only.
+    """
+    assignment = assign_clusters(hamming_distances(x.detach()), num_clusters, mode)
+    return cluster_means(x, assignment, num_clusters)
 
 
 def _check_clusters(num_clusters: int) -> None:

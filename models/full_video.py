@@ -31,7 +31,12 @@ from torch import Tensor, nn
 
 from models._defaults import ModelDefaults
 from models._registry import register_model
-from models.clustering import CLUSTERING_MODES, assign_clusters, cluster_means, hamming_distances
+from models.clustering import (
+    CLUSTERING_MODES,
+    assign_clusters,
+    hamming_distances,
+    temporal_cluster,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -254,7 +259,7 @@ class FullVideoNet(nn.Module):
         """
         if self.clustering == "none":
             return features
-        return cluster_means(features, self.assign(features), self.num_clusters)
+        return temporal_cluster(features, self.num_clusters, self.clustering)
 
     def assign(self, features: Tensor) -> Tensor:
         """Cluster ids ``(N, T)`` of layer1 activations ``(N, T, C, h, w)`` (not differentiated).

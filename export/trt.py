@@ -1,0 +1,208 @@
+"""Build a TensorRT 10.x engine from a bundle's ONNX, with the clustering as a plugin.
+
+``python -m export.trt --bundle DIR [--fp16] [--workspace-gb N] [--max-frames N]`` parses
+``DIR/model.onnx`` (written by :mod:`export.onnx`), registers the ``TemporalCluster`` plugin
+first (:mod:`export.plugin`; paper ``003_9ed3c60eac2eb6a4.txt``, Section 3.3) so the
+full-video clustering node runs as that plugin rather than its ONNX function, builds one
+optimisation profile from the dimension ranges the manifest records for ``model.onnx``
+(clips per batch; frames for ``full_video``), and writes ``DIR/model.<gpu-name>.plan``
+atomically, recorded in the manifest with the GPU, the TensorRT version, the precision and the
+profile. The builder's timing cache is kept beside the bundle
+(``<store>/<bundle>.<gpu-name>.timing-cache``) so rebuilds skip the kernel timing.
+
+Precision: FP32 engines use a strongly typed network (TensorRT takes every type from the ONNX,
+which is float32). ``--fp16`` builds a weakly typed network with the FP16 builder flag, letting
+TensorRT choose FP16 kernels per layer (the plugin advertises FP32 and FP16); TensorRT 10.12+
+marks weak typing deprecated but still builds it, and the manifest records ``"precision"`` and
+``"strongly_typed"``.
+
+``tensorrt`` is imported lazily; without it the command exits with status 2 and one line
+saying what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from models._io import atomic_write_bytes
+from models.bundle import Bundle, BundleError, add_bundle_file, load_bundle
+
+__all__ = ["TensorRTMissing", "INSTALL_HINT", "build_engine", "profile_shapes", "main"]
+
+
+INSTALL_HINT = (
+    "export.trt needs TensorRT 10.x and an NVIDIA GPU: pip install 'tensorrt>=10,<11' "
+    "(or pip install -e '.[tensorrt]')"
+)
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "input"
+
+
+class TensorRTMissing(RuntimeError):
+    """``tensorrt`` is not importable or no CUDA device is present."""
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTMissing(INSTALL_HINT) from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTMissing("export.trt needs a CUDA device; none is visible (TensorRT builds per GPU)")
+    return trt
+
+
+def profile_shapes(
+    onnx_info: dict[str, Any], *, max_frames: int | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(min, opt, max)`` input shapes from the manifest entry of ``model.onnx``.
+
+    Named axes (``clips``, ``frames``) take their ranges from ``onnx_info["dims"]``;
+    ``max_frames`` overrides the largest frame count (and caps the optimum).
+
+    Raises:
+        BundleError: The entry lacks the input shape or a named axis' range.
+    """
+    try:
+        shape = onnx_info["inputs"][0]["shape"]
+        dims = onnx_info["dims"]
+    except (KeyError, IndexError):
+        raise BundleError("manifest entry of model.onnx lacks inputs/dims; re-run python -m export.onnx") from None
+    ranges = {name: [int(r["min"]), int(r["opt"]), int(r["max"])] for name, r in dims.items()}
+    if max_frames is not None and "frames" in ranges:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+        low, opt, _ = ranges["frames"]
+        ranges["frames"] = [min(low, max_frames), min(opt, max_frames), max_frames]
+    out: list[list[int]] = [[], [], []]
+    for axis in shape:
+        if isinstance(axis, str):
+            if axis not in ranges:
+                raise BundleError(f"manifest gives no range for input axis {axis!r}")
+            for k in range(3):
+                out[k].append(ranges[axis][k])
+        else:
+            for k in range(3):
+                out[k].append(int(axis))
+    return tuple(out[0]), tuple(out[1]), tuple(out[2])
+
+
+def _parse(trt: Any, network: Any, logger: Any, path: Path) -> None:
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {path}: {errors}")
+
+
+def build_engine(
+    bundle: Bundle | str | os.PathLike,
+    *,
+    fp16: bool = False,
+    workspace_gb: float = 4.0,
+    max_frames: int | None = None,
+) -> Bundle:
+    """Build and record ``model.<gpu-name>.plan`` for the current GPU.
+
+    Args:
+        bundle: A bundle that already holds ``model.onnx``.
+        fp16: Allow FP16 kernels (weakly typed network + FP16 flag); FP32 otherwise.
+        workspace_gb: Builder workspace limit, GiB.
+        max_frames: Largest frame count the ``full_video`` profile accepts.
+
+    Returns:
+        The reloaded bundle.
+
+    Raises:
+        TensorRTMissing: No ``tensorrt`` or no CUDA device.
+        BundleError: No ``model.onnx`` in the bundle, or its manifest entry is incomplete.
+        RuntimeError: TensorRT failed to parse or build (its messages included).
+    """
+    trt = _import_tensorrt()
+    import torch
+
+    from export.plugin import register
+    from export.trt_runtime import plan_name
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    onnx_path = bundle.file(ONNX_FILE)
+    onnx_info = bundle.manifest["files"][ONNX_FILE]
+    shapes = profile_shapes(onnx_info, max_frames=max_frames)
+    if onnx_info.get("custom_ops"):
+        # Before parsing: the parser prefers a registered plugin to the node's local function.
+        register()
+
+    gpu = torch.cuda.get_device_name()
+    plan = plan_name(gpu)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = not fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    _parse(trt, network, logger, onnx_path)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *shapes)
+    config.add_optimization_profile(profile)
+
+    cache_path = bundle.path.parent / f"{bundle.name}.{plan[len('model.'):-len('.plan')]}.timing-cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    atomic_write_bytes(bundle.path / plan, bytes(serialized))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    names = ("min", "opt", "max")
+    return add_bundle_file(
+        bundle,
+        plan,
+        gpu=gpu,
+        tensorrt=trt.__version__,
+        precision="fp16" if fp16 else "fp32",
+        strongly_typed=strongly_typed,
+        profiles=[{INPUT_NAME: {k: list(s) for k, s in zip(names, shapes)}}],
+        workspace_gb=workspace_gb,
+        plugins=[f"{op['plugin_namespace']}::{op['op']}" for op in onnx_info.get("custom_ops", [])],
+        timing_cache=cache_path.name,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m export.trt``: 0 built, 1 failed, 2 TensorRT or a GPU missing."""
+    parser = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, help="model bundle directory (with model.onnx)")
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    parser.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace, GiB")
+    parser.add_argument("--max-frames", type=int, default=None, help="largest frame count (full_video)")
+    args = parser.parse_args(argv)
+    try:
+        _import_tensorrt()
+    except TensorRTMissing as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        bundle = build_engine(
+            args.bundle, fp16=args.fp16, workspace_gb=args.workspace_gb, max_frames=args.max_frames
+        )
+    except (BundleError, RuntimeError, ValueError) as err:
+        print(f"export.trt failed: {err}", file=sys.stderr)
+        return 1
+    plans = [name for name in bundle.manifest["files"] if name.endswith(".plan")]
+    print(f"wrote {', '.join(str(bundle.path / p) for p in plans)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Run a bundle's TensorRT engine with the contract of a backend forward.
+
+The plan of a bundle is built per GPU model by ``python -m export.trt`` and named
+:func:`plan_name` of the device name. :class:`TrtEngine` registers the ``TemporalCluster``
+plugin (:mod:`export.plugin`; the full-video clustering of Liu et al., CVPR 2021,
+``papers/003_9ed3c60eac2eb6a4.txt``) before deserialising, so ``full_video`` engines load too.
+``tensorrt`` is imported lazily: this module imports on machines without it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.bundle import Bundle, BundleError
+
+__all__ = ["plan_name", "tensorrt_available", "TrtEngine", "INPUT_NAME", "OUTPUT_NAME"]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+def plan_name(gpu_name: str) -> str:
+    """``model.<sanitised gpu name>.plan``: lower case, runs of other characters as ``-``.
+
+    >>> plan_name("NVIDIA H100 80GB HBM3")
+    'model.nvidia-h100-80gb-hbm3.plan'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"GPU name {gpu_name!r} has no usable characters")
+    return f"model.{slug}.plan"
+
+
+def tensorrt_available() -> bool:
+    """``tensorrt`` importable and a CUDA device present."""
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class TrtEngine:
+    """A bundle's TensorRT engine for the current GPU, called like a PyTorch forward.
+
+    Args:
+        bundle: A bundle whose manifest lists ``model.<gpu>.plan`` for this GPU.
+
+    Raises:
+        RuntimeError: No TensorRT or no CUDA device, no plan for this GPU, or a plan TensorRT
+            cannot deserialise (built by another TensorRT version, plugin missing); the message
+            says which.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise RuntimeError(
+                "TensorRT backend unavailable: the tensorrt package (10.x) is not installed"
+            ) from None
+        if not torch.cuda.is_available():
+            raise RuntimeError("TensorRT backend unavailable: no CUDA device")
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.gpu = torch.cuda.get_device_name(self.device)
+        self.plan = plan_name(self.gpu)
+        try:
+            path = bundle.file(self.plan)
+        except BundleError:
+            raise RuntimeError(
+                f"{bundle.path} has no TensorRT plan for {self.gpu} ({self.plan}); "
+                f"build one with `python -m export.trt --bundle {bundle.path}`"
+            ) from None
+        info = bundle.manifest["files"][self.plan]
+        if info.get("tensorrt") and info["tensorrt"] != trt.__version__:
+            raise RuntimeError(
+                f"{path} was built with TensorRT {info['tensorrt']}, this is {trt.__version__}; rebuild it"
+            )
+        from export.plugin import register
+
+        register()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise RuntimeError(f"TensorRT could not deserialise {path}")
+        self._context = self._engine.create_execution_context()
+        profile = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        self.min_shape, self.opt_shape, self.max_shape = (tuple(s) for s in profile)
+        self.precision = info.get("precision", "fp32")
+        self._lock = threading.Lock()
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        for axis, (low, size, high) in enumerate(zip(self.min_shape[1:], shape[1:], self.max_shape[1:]), 1):
+            if not low <= size <= high:
+                raise ValueError(
+                    f"input axis {axis} is {size}, the engine takes {low}..{high} "
+                    f"(rebuild with a larger profile, e.g. --max-frames)"
+                )
+
+    def _run(self, chunk: Tensor) -> Tensor:
+        self._context.set_input_shape(INPUT_NAME, tuple(chunk.shape))
+        out_shape = tuple(self._context.get_tensor_shape(OUTPUT_NAME))
+        out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
+        self._context.set_tensor_address(INPUT_NAME, chunk.data_ptr())
+        self._context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return out
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        """``(N, 3, T, H, W)`` float32 clips -> the network output, float32 on the CPU.
+
+        Batches beyond the profile's largest clip count run in chunks.
+        """
+        shape = tuple(inputs.shape)
+        self._check(shape)
+        x = inputs.to(self.device, torch.float32).contiguous()
+        step = self.max_shape[0]
+        with self._lock, torch.no_grad():
+            outs = [self._run(x[i : i + step]) for i in range(0, shape[0], step)]
+        return torch.cat(outs).cpu()
+
+    def describe(self) -> dict[str, Any]:
+        """GPU, plan file, precision and profile range, for the service's model listing."""
+        return {
+            "gpu": self.gpu,
+            "plan": self.plan,
+            "precision": self.precision,
+            "min_shape": list(self.min_shape),
+            "max_shape": list(self.max_shape),
+        }

@@ -1,0 +1,248 @@
+"""ONNX export: all four families match PyTorch in ONNX Runtime; the TemporalCluster node and
+its model-local function; dynamic frame counts for full_video; verification failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import export.onnx as export_onnx_module
+from export.onnx import (
+    CLUSTER_DOMAIN,
+    CLUSTER_OP,
+    PLUGIN_NAMESPACE,
+    ExportError,
+    export_onnx,
+    main,
+    onnx_forward,
+    temporal_cluster_function,
+)
+from models import create_model, get_defaults
+from models._io import sha256_file
+from models.bundle import Bundle, load_bundle, write_bundle
+from models.clustering import temporal_cluster
+
+# (registry name, constructor kwargs, constant-fold the graph): the unrolled joint LSTM skips
+# the optimizer, which takes ~11 s on its graph and changes nothing ONNX Runtime computes.
+FAMILIES = [
+    ("c3d_vll_tiny", {"num_classes": 4}, True),
+    ("attention_lstm_tiny", {"num_classes": 4}, False),
+    ("ms3d_tiny", {}, True),
+    ("full_video_tiny", {"num_classes": 4}, True),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bundle(directory: Path, name: str, kwargs: dict) -> Bundle:
+    torch.manual_seed(0)
+    defaults = get_defaults(name)
+    model = create_model(name, **kwargs)
+    return write_bundle(
+        directory / name,
+        model=model,
+        model_name=name,
+        model_kwargs=kwargs,
+        family=defaults.family,
+        labels=[f"c{i}" for i in range(kwargs.get("num_classes", 4))],
+        defaults=defaults,
+    )
+
+
+@pytest.fixture(scope="module")
+def full_video_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    bundle = _bundle(tmp_path_factory.mktemp("fv"), "full_video_tiny", {"num_classes": 4})
+    return export_onnx(bundle, opset=20)
+
+
+# ---------------------------------------------------------------------------------------------
+# The clustering function body alone
+
+
+def _cluster_model(num_clusters: int, method: str, opset: int = 17) -> bytes:
+    """A model whose graph is one TemporalCluster node, run by ONNX Runtime via the function."""
+    node = helper.make_node(
+        CLUSTER_OP,
+        ["x"],
+        ["y"],
+        domain=CLUSTER_DOMAIN,
+        num_clusters=num_clusters,
+        method=method,
+        plugin_namespace=PLUGIN_NAMESPACE,
+    )
+    graph = helper.make_graph(
+        [node],
+        "cluster",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", "c", "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "g", "c", "h", "w"])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(CLUSTER_DOMAIN, 1)],
+        functions=[temporal_cluster_function(num_clusters, method, opset)],
+        ir_version=9,
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _run(model: bytes, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+
+def test_cluster_function_hand_computed() -> None:
+    # Four frames of four features; sign patterns ++++, -+++, --++, ---- give neighbour
+    # Hamming distances 1/4, 1/4, 2/4. Frame t holds its pattern times (t + 1).
+    signs = torch.tensor(
+        [[1, 1, 1, 1], [-1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, -1]], dtype=torch.float32
+    )
+    x = (signs * torch.arange(1, 5, dtype=torch.float32)[:, None]).reshape(1, 4, 4, 1, 1)
+    # Cumulative, g = 2: C = 0, 1/4, 1/2, 1 -> floor(2C) = 0, 0, 1, 2 -> min(., 1) = 0, 0, 1, 1.
+    cumulative = torch.tensor([[-0.5, 1.5, 1.5, 1.5], [-3.5, -3.5, -0.5, -0.5]])
+    # Slope, g = 2: one cut after the largest distance (frames 2 | 3) -> 0, 0, 0, 1.
+    slope = torch.tensor([[-4 / 3, 0.0, 2.0, 2.0], [-4.0, -4.0, -4.0, -4.0]])
+    # Uniform, g = 2: floor(2i / 4) = 0, 0, 1, 1, the same segments as cumulative here.
+    for method, expected in (("cumulative", cumulative), ("slope", slope), ("uniform", cumulative)):
+        got = _run(_cluster_model(2, method), x).reshape(2, 4)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=method)
+
+
+@pytest.mark.parametrize("method", ["cumulative", "slope", "uniform"])
+@pytest.mark.parametrize("num_clusters", [1, 3, 5])
+def test_cluster_function_matches_reference(method: str, num_clusters: int) -> None:
+    model = _cluster_model(num_clusters, method)
+    generator = torch.Generator().manual_seed(num_clusters)
+    for frames in (1, 2, 4, 7, 13):
+        x = torch.randn(2, frames, 3, 2, 2, generator=generator)
+        # A still stretch (zero distances) and a repeated frame exercise ties and fallbacks.
+        if frames >= 4:
+            x[1, 1:] = x[1, :1]
+            x[0, 2] = x[0, 1]
+        expected = temporal_cluster(x, num_clusters, method)
+        got = _run(model, x)
+        assert got.shape == (2, num_clusters, 3, 2, 2)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"T={frames}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole networks
+
+
+@pytest.mark.parametrize(("name", "kwargs", "optimize"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, kwargs: dict, optimize: bool) -> None:
+    bundle = export_onnx(_bundle(tmp_path, name, kwargs), optimize=optimize)
+    info = bundle.manifest["files"]["model.onnx"]
+    path = bundle.path / "model.onnx"
+    assert info["sha256"] == sha256_file(path)
+    assert load_bundle(bundle.path).has("model.onnx")  # the checksum verifies on reload
+    assert info["opset"] == 17 and info["max_abs_diff"] <= 1e-3
+    assert info["inputs"][0]["name"] == "input" and info["outputs"][0]["name"] == "output"
+    dynamic_time = name.startswith("full_video")
+    assert info["dynamic_axes"]["input"] == ({"0": "clips", "2": "frames"} if dynamic_time else {"0": "clips"})
+
+    graph = onnx.load(path).graph
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "clips"
+
+    # A batch size the export never saw, through a fresh session.
+    defaults = bundle.defaults
+    length = defaults.clip_len or 11
+    x = torch.randn(1, 3, length, *defaults.input_size, generator=torch.Generator().manual_seed(5))
+    model = bundle.build_model()
+    with torch.no_grad():
+        expected = model(x)
+    got = onnx_forward(path)(x)
+    assert got.shape == expected.shape
+    assert info["outputs"][0]["shape"] == ["clips", *expected.shape[1:]]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_full_video_graph_holds_one_cluster_node_backed_by_function(full_video_bundle: Bundle) -> None:
+    model = onnx.load(full_video_bundle.path / "model.onnx")
+    assert sorted((o.domain, o.version) for o in model.opset_import) == [("", 20), (CLUSTER_DOMAIN, 1)]
+    custom = [n for n in model.graph.node if n.domain == CLUSTER_DOMAIN]
+    assert [n.op_type for n in custom] == [CLUSTER_OP]
+    attrs = {a.name: helper.get_attribute_value(a) for a in custom[0].attribute}
+    assert attrs == {"num_clusters": 8, "method": b"cumulative", "plugin_namespace": b"actrec"}
+    # The decomposition lives only in the function, not in the main graph.
+    assert not {"CumSum", "Xor", "ArgMax"} & {n.op_type for n in model.graph.node}
+    (function,) = model.functions
+    assert (function.domain, function.name) == (CLUSTER_DOMAIN, CLUSTER_OP)
+    body = {n.op_type for n in function.node}
+    assert {"Greater", "Xor", "ReduceSum", "CumSum", "Floor", "Equal", "MatMul"} <= body
+    info = full_video_bundle.manifest["files"]["model.onnx"]
+    assert info["custom_ops"][0]["plugin_namespace"] == "actrec"
+    assert info["dims"]["frames"]["min"] == 1
+
+
+def test_full_video_dynamic_frames_through_one_file(full_video_bundle: Bundle) -> None:
+    forward = onnx_forward(full_video_bundle.path / "model.onnx")
+    model = full_video_bundle.build_model()
+    h, w = full_video_bundle.defaults.input_size
+    generator = torch.Generator().manual_seed(3)
+    for frames in (9, 32, 100):
+        x = torch.randn(1, 3, frames, h, w, generator=generator)
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(forward(x), expected, rtol=1e-4, atol=1e-4, msg=f"T={frames}")
+
+
+def test_verification_on_a_real_video(tmp_path: Path, make_video) -> None:
+    video = make_video("walk.mp4", n=20, height=64, width=64)
+    bundle = export_onnx(_bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4}), video=video)
+    checks = bundle.manifest["files"]["model.onnx"]["verified_on"]
+    (entry,) = [c for c in checks if c["name"] == "video walk.mp4"]
+    assert entry["shape"] == [1, 3, 16, 56, 56]  # 20 frames -> one 16-frame clip, centre crop
+    assert entry["max_abs_diff"] <= 1e-3
+
+
+def test_difference_above_tolerance_fails_with_the_number(tmp_path: Path, monkeypatch) -> None:
+    bundle = _bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4})
+    real = export_onnx_module.onnx_forward
+
+    def shifted(path, **kwargs):
+        forward = real(path, **kwargs)
+        return lambda x: forward(x) + 0.5
+
+    monkeypatch.setattr(export_onnx_module, "onnx_forward", shifted)
+    with pytest.raises(ExportError, match=r"differs from PyTorch by 0\.5"):
+        export_onnx(bundle, tolerance=0.01)
+    assert not (bundle.path / "model.onnx").exists()
+    assert not list(bundle.path.glob("*.tmp"))
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    assert "model.onnx" not in manifest["files"]
+
+
+def test_opset_above_20_is_refused(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4})
+    with pytest.raises(ExportError, match="opset 21"):
+        export_onnx(bundle, opset=21)
+
+
+def test_cli(tmp_path: Path, capsys) -> None:
+    bundle = _bundle(tmp_path, "ms3d_tiny", {})
+    assert main(["--bundle", str(bundle.path)]) == 0
+    out = capsys.readouterr().out
+    assert "max abs diff" in out and "model.onnx" in out
+    assert main(["--bundle", str(tmp_path / "missing")]) == 1
+    assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_onnx_forward_returns_float32_tensor(full_video_bundle: Bundle) -> None:
+    x = np.zeros((1, 3, 4, *full_video_bundle.defaults.input_size), dtype=np.float32)
+    out = onnx_forward(full_video_bundle.path / "model.onnx", threads=1)(torch.from_numpy(x))
+    assert out.dtype == torch.float32 and out.shape == (1, 4)
