@@ -15,15 +15,15 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest -q
 
+# The main job: Move4Digits, the four demo bundles, their ONNX export, then the server.
 demo: install
-	test -f data/move4digits/classInd.txt || \
-	  $(BIN)/python -m training.synth --out data/move4digits --classes 4 --per-class 60 --seed 0
-	$(BIN)/python -m training.run --family c3d_vll --data data/move4digits --out store
+	$(BIN)/python -m service.quickstart
 
 bench: install
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/infer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
