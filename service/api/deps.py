@@ -1,0 +1,55 @@
+"""What routes depend on: the app's :class:`ServiceState`, and readiness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.queue import QueueFull, Ticket, WorkQueue
+from service.settings import Settings
+from service.store import ModelStore
+
+__all__ = ["ReadyState", "ServiceState", "State", "admit"]
+
+
+@dataclass
+class ServiceState:
+    """Everything one app instance owns."""
+
+    settings: Settings
+    store: ModelStore
+    queue: WorkQueue
+    metrics: Metrics
+
+    def retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def _ready_state(request: Request) -> ServiceState:
+    state = _state(request)
+    ready, why = state.store.readiness()
+    if not ready:
+        raise ApiError(503, "not_ready", why, state.retry_after())
+    return state
+
+
+State = Annotated[ServiceState, Depends(_state)]
+ReadyState = Annotated[ServiceState, Depends(_ready_state)]
+
+
+def admit(state: ServiceState) -> Ticket:
+    """Reserve a place in the work queue, or answer 503 with Retry-After."""
+    try:
+        return state.queue.reserve()
+    except QueueFull as err:
+        state.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(503, "overloaded", f"server busy: {err}; retry later",
+                       state.retry_after()) from None

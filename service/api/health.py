@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.api.deps import State
+from service.errors import ERROR_RESPONSES, ApiError
+from service.metrics import CONTENT_TYPE_LATEST
+from service.schemas import Health, Ready
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Ready, summary="Models are loaded and warm",
+            responses={503: ERROR_RESPONSES[503]})
+async def readyz(state: State) -> Ready:
+    ready, why = state.store.readiness()
+    if not ready:
+        raise ApiError(503, "not_ready", why, state.retry_after())
+    return Ready(status="ready", models=sorted(state.store.models))
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

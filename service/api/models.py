@@ -1,0 +1,24 @@
+"""``GET /models``: the loaded bundles."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import State
+from service.schemas import ModelInfo, ModelsResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", response_model=ModelsResponse,
+            summary="Loaded bundles with labels, family, backend and sampler")
+async def list_loaded(state: State) -> ModelsResponse:
+    store = state.store
+    default = store.default_name
+    return ModelsResponse(
+        default=default,
+        models=[ModelInfo(**m.describe(name == default)) for name, m in sorted(store.models.items())],
+        failed=dict(store.failed),
+    )

@@ -1,0 +1,223 @@
+"""Network backends: PyTorch, ONNX Runtime and TensorRT behind one ``forward`` contract.
+
+A backend is only the network call of :mod:`models.pipeline`: a float32 CPU tensor
+``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out (clip logits, step
+logits or embeddings). Decode, sampling, normalisation and aggregation stay shared, so every
+backend gives the answer ``training.evaluate`` gives, up to the backend's numerics.
+
+Choice per bundle (:func:`choose_backend`): with ``auto``, a TensorRT plan built for this GPU,
+else the bundle's ``model.onnx`` under ONNX Runtime, else PyTorch. A backend named explicitly
+(settings ``backend`` / ``model_backends``) that the bundle or machine cannot offer is an
+error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.bundle import Bundle
+from service.errors import ApiError
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Offer",
+    "choose_backend",
+    "load_backend",
+    "machine_offer",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run this bundle on this machine."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a bundle holds and the machine can run.
+
+    Attributes:
+        onnx: The bundle lists ``model.onnx``.
+        plan: The bundle lists a TensorRT plan for this machine's GPU.
+        onnxruntime: ``onnxruntime`` is importable.
+        tensorrt: TensorRT is importable and a CUDA device is present.
+    """
+
+    onnx: bool
+    plan: bool
+    onnxruntime: bool
+    tensorrt: bool
+
+
+def choose_backend(preference: str, offer: Offer) -> str:
+    """The backend to run a bundle with.
+
+    Args:
+        preference: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``.
+        offer: What the bundle and the machine offer.
+
+    Raises:
+        BackendUnavailable: An explicit preference that ``offer`` cannot meet, with the reason.
+        ValueError: An unknown preference.
+    """
+    if preference == "auto":
+        if offer.plan and offer.tensorrt:
+            return "tensorrt"
+        if offer.onnx and offer.onnxruntime:
+            return "onnxruntime"
+        return "torch"
+    if preference == "torch":
+        return "torch"
+    if preference == "onnxruntime":
+        if not offer.onnxruntime:
+            raise BackendUnavailable("onnxruntime is not installed")
+        if not offer.onnx:
+            raise BackendUnavailable(f"the bundle has no {ONNX_FILE}; run python -m export.onnx")
+        return "onnxruntime"
+    if preference == "tensorrt":
+        if not offer.tensorrt:
+            raise BackendUnavailable("TensorRT is not installed or no CUDA device is present")
+        if not offer.plan:
+            raise BackendUnavailable("the bundle has no TensorRT plan for this GPU; "
+                                     "run python -m export.trt")
+        return "tensorrt"
+    raise ValueError(f"unknown backend {preference!r}")
+
+
+def _plan_for_this_gpu(bundle: Bundle) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from export.trt_runtime import plan_name
+    except ImportError:
+        return False
+    return bundle.has(plan_name(torch.cuda.get_device_name()))
+
+
+def _tensorrt_available() -> bool:
+    try:
+        from export.trt_runtime import tensorrt_available
+    except ImportError:
+        return False
+    return bool(tensorrt_available())
+
+
+def machine_offer(bundle: Bundle) -> Offer:
+    """What ``bundle`` and this machine offer."""
+    trt = _tensorrt_available()
+    return Offer(
+        onnx=bundle.has(ONNX_FILE),
+        plan=trt and _plan_for_this_gpu(bundle),
+        onnxruntime=importlib.util.find_spec("onnxruntime") is not None,
+        tensorrt=trt,
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("device=cuda asked for but no CUDA device is present")
+    return device
+
+
+@dataclass
+class Backend:
+    """A loaded network.
+
+    Attributes:
+        name: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        forward: The network call (see the module docstring).
+        info: What it runs on (device, execution providers...), for ``GET /models``.
+    """
+
+    name: str
+    forward: Callable[[Tensor], Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _torch_backend(bundle: Bundle, device: str) -> Backend:
+    model = bundle.build_model(device)
+
+    def forward(inputs: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return model(inputs.to(device, non_blocking=True)).float().cpu()
+
+    return Backend("torch", forward, {"device": device})
+
+
+def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # One session call at a time per request; parallel operators only add contention.
+    options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(bundle.file(ONNX_FILE)), options, providers=providers)
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def forward(inputs: Tensor) -> Tensor:
+        array = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
+        (out,) = session.run([output_name], {input_name: array})
+        return torch.from_numpy(out).float()
+
+    return Backend("onnxruntime", forward, {"providers": session.get_providers()})
+
+
+def _tensorrt_backend(bundle: Bundle) -> Backend:
+    from export.trt_runtime import TrtEngine
+
+    try:
+        engine = TrtEngine(bundle)
+    except RuntimeError as err:
+        raise BackendUnavailable(str(err)) from err
+
+    def forward(inputs: Tensor) -> Tensor:
+        try:
+            return engine(inputs).float().cpu()
+        except ValueError as err:
+            # The engine's optimisation profile bounds the input (e.g. full_video's frame
+            # count): a video past it is too large for this engine, not a server fault.
+            raise ApiError(413, "video_too_large", str(err)) from None
+
+    return Backend("tensorrt", forward, engine.describe())
+
+
+def load_backend(bundle: Bundle, preference: str = "auto", *, device: str = "auto",
+                 threads: int = 0) -> Backend:
+    """Choose and load the backend for ``bundle``.
+
+    Args:
+        bundle: A verified bundle.
+        preference: ``auto`` or a backend name (see :func:`choose_backend`).
+        device: ``auto``, ``cpu`` or ``cuda`` for torch and ONNX Runtime.
+        threads: Intra-op threads for ONNX Runtime (0: its default); torch's are process-wide.
+
+    Raises:
+        BackendUnavailable: The chosen backend cannot load this bundle here.
+    """
+    name = choose_backend(preference, machine_offer(bundle))
+    dev = resolve_device(device)
+    if name == "tensorrt":
+        return _tensorrt_backend(bundle)
+    if name == "onnxruntime":
+        return _onnxruntime_backend(bundle, dev, threads)
+    return _torch_backend(bundle, dev)

@@ -1,0 +1,107 @@
+"""Every error the service answers is JSON ``{"error": {"code", "message"}}`` (DESIGN.md).
+
+:class:`ApiError` is raised by routes and helpers; the handlers here turn it, video decode
+errors (:class:`video.errors.VideoError` carries its own status and code), FastAPI's
+validation errors and Starlette's HTTP errors into that one shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from video.errors import VideoError
+
+__all__ = ["ERROR_RESPONSES", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
+
+# Codes for Starlette's own errors (wrong path, wrong method...).
+_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large", 415: "unsupported_media", 422: "invalid_parameters",
+                 500: "internal", 503: "unavailable"}
+
+
+class ApiError(Exception):
+    """An error answered as JSON.
+
+    Args:
+        status: HTTP status.
+        code: Short machine-readable reason.
+        message: What went wrong, for a person.
+        headers: Extra response headers (e.g. ``Retry-After``).
+    """
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class _ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: _ErrorDetail
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON response for an error."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    parts = []
+    for item in err.errors()[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid"))
+    return "; ".join(parts) or "invalid parameters"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on ``app``."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.exception_handler(VideoError)
+    async def _video_error(_: Request, err: VideoError) -> JSONResponse:
+        return error_response(err.http_status, err.code, str(err) or err.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_parameters", _validation_message(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(err.status_code, f"http_{err.status_code}")
+        return error_response(err.status_code, code, str(err.detail), dict(err.headers or {}))
+
+
+def _doc(what: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": what}
+
+
+# OpenAPI documentation of the error answers, shared by the routes.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("not a decodable video (empty, not a video, truncated, corrupt, a still image)"),
+    404: _doc("unknown model, or unknown class"),
+    413: _doc("upload larger than max_upload_bytes, or video over the duration, frame or "
+                   "resolution caps"),
+    415: _doc("the file holds no video stream (e.g. audio only)"),
+    422: _doc("bad parameters: no `file` field, not multipart/form-data, bad label"),
+    503: _doc("not ready, queue full, or the request timed out; see Retry-After"),
+}

@@ -1,0 +1,157 @@
+"""The main job in one command: data, four demo bundles, ONNX, and the server.
+
+``python -m service.quickstart`` generates Move4Digits (``training.synth``) unless it is
+there, trains the demo bundle of each family (``python -m training.run --family F``, demo
+preset) unless it is there, exports each to ONNX (``export.onnx.export_onnx``) unless done,
+then serves the store and prints a ready-to-paste ``curl`` line once ``/readyz`` is 200.
+Run again, it only serves. Every step is the ordinary command a person would type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["FAMILIES", "bundle_name", "main", "prepare"]
+
+log = logging.getLogger("service.quickstart")
+
+FAMILIES = ("c3d_vll", "attention_lstm", "ms3d", "full_video")
+
+
+def bundle_name(family: str, data: Path) -> str:
+    """``<family>-<dataset folder>``, e.g. ``c3d_vll-move4digits``."""
+    return f"{family}-{data.name}"
+
+
+def _ensure_data(data: Path, per_class: int) -> None:
+    if (data / "classInd.txt").is_file():
+        log.info("dataset %s is there", data)
+        return
+    from training.synth import generate
+
+    log.info("generating Move4Digits (%d videos per class) into %s", per_class, data)
+    generate(data, classes="4", per_class=per_class, seed=0)
+
+
+def _ensure_bundle(family: str, data: Path, store: Path, train_args: Sequence[str]) -> Path:
+    bundle = store / bundle_name(family, data)
+    if (bundle / "manifest.json").is_file():
+        log.info("bundle %s is there", bundle)
+        return bundle
+    cmd = [sys.executable, "-m", "training.run", "--family", family, "--data", str(data),
+           "--out", str(store), "--name", bundle.name, *train_args]
+    log.info("training: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return bundle
+
+
+def _ensure_onnx(bundle: Path) -> None:
+    from models.bundle import load_bundle
+
+    if load_bundle(bundle, verify=False).has("model.onnx"):
+        return
+    try:
+        from export.onnx import export_onnx
+    except ImportError as err:  # the server then runs the bundle with PyTorch
+        log.warning("no ONNX export available (%s); %s is served with PyTorch", err, bundle.name)
+        return
+    log.info("exporting %s to ONNX", bundle.name)
+    try:
+        export_onnx(bundle)
+    except Exception as err:  # noqa: BLE001  a failed export must not stop the demo: torch serves it
+        log.warning("ONNX export of %s failed (%s); it is served with PyTorch", bundle.name, err)
+
+
+def _sample_video(data: Path) -> Path:
+    test_list = data / "testlist01.txt"
+    if test_list.is_file():
+        for line in test_list.read_text().splitlines():
+            if line.strip():
+                return data / line.split()[0]
+    return next(data.rglob("*.mp4"))
+
+
+def prepare(data: Path, store: Path, *, families: Sequence[str] = FAMILIES, per_class: int = 60,
+            train_args: Sequence[str] = ()) -> list[Path]:
+    """Data, bundles and ONNX files, each made only when missing; returns the bundle paths."""
+    _ensure_data(data, per_class)
+    store.mkdir(parents=True, exist_ok=True)
+    bundles = [_ensure_bundle(f, data, store, train_args) for f in families]
+    for bundle in bundles:
+        _ensure_onnx(bundle)
+    return bundles
+
+
+def _announce_when_ready(host: str, port: int, video: Path, models: list[str]) -> None:
+    """Print the curl lines once /readyz answers 200 (models load after the port opens)."""
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+    base = f"http://{shown}:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    else:
+        return
+    lines = [f"\nReady. Recognise a video ({models[0]} answers by default):\n",
+             f"  curl -F file=@{video} {base}/recognize\n"]
+    for other in models[1:]:
+        lines.append(f"  curl -F file=@{video} -F model={other} {base}/recognize\n")
+    lines.append(f"\nModels: {base}/models   API docs: {base}/docs\n")
+    print("".join(lines), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.quickstart",
+        description="Generate Move4Digits, train and export the four demo bundles (each only "
+        "when missing), then serve them.", allow_abbrev=False)
+    parser.add_argument("--data", type=Path, default=Path("data/move4digits"))
+    parser.add_argument("--store", type=Path, default=Path("store"))
+    parser.add_argument("--per-class", type=int, default=60, help="videos per class to generate")
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated families to train and serve")
+    parser.add_argument("--train-arg", action="append", default=[],
+                        help="extra flag for training.run, repeatable (e.g. --train-arg=--epochs=1)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-serve", action="store_true", help="prepare only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir"):  # the exporter's per-pass chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+    bundles = prepare(args.data, args.store, families=families, per_class=args.per_class,
+                      train_args=args.train_arg)
+    names = [b.name for b in bundles]
+    if args.no_serve:
+        print(json.dumps({"store": str(args.store), "bundles": names}))
+        return 0
+    from service.__main__ import serve
+
+    video = _sample_video(args.data).resolve()
+    threading.Thread(target=_announce_when_ready, args=(args.host, args.port, video, names),
+                     daemon=True).start()
+    serve({"store": args.store, "host": args.host, "port": args.port, "default_model": names[0]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

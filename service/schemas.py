@@ -1,0 +1,115 @@
+"""Response bodies of the HTTP contract (DESIGN.md), as pydantic models for the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ClassInfo",
+    "ClassesResponse",
+    "Detail",
+    "Distance",
+    "EnrolResponse",
+    "Health",
+    "ModelInfo",
+    "ModelsResponse",
+    "Ready",
+    "RecognizeResponse",
+    "Scored",
+    "Timing",
+]
+
+
+class Scored(BaseModel):
+    label: str
+    score: float = Field(description="vote fraction (c3d_vll, attention_lstm), mean softmax "
+                         "probability (full_video) or exp(-distance) (ms3d)")
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="milliseconds decoding the upload")
+    infer: float = Field(description="milliseconds sampling, running the network, aggregating")
+    total: float = Field(description="milliseconds from the request's arrival to the answer")
+
+
+class Distance(BaseModel):
+    label: str
+    distance: float
+
+
+class Detail(BaseModel):
+    """How the answer was reached; fields present depend on the family's aggregator."""
+
+    aggregator: str = Field(description="majority_vote, last_steps_vote, mean_prob or nearest_centre")
+    clip_predictions: list[str] | None = Field(
+        None, description="voting families: each clip's own class, in clip order")
+    votes: dict[str, int] | None = Field(
+        None, description="voting families: clip votes per class that got any, best first")
+    distances: list[Distance] | None = Field(
+        None, description="ms3d: distance to every class centre, nearest first")
+    gamma: float | None = Field(
+        None, description="ms3d: the unknown threshold (null: never unknown)")
+
+
+class RecognizeResponse(BaseModel):
+    model: str = Field(description="the bundle that answered")
+    family: str
+    backend: str = Field(description="torch, onnxruntime or tensorrt")
+    top5: list[Scored] = Field(description="best first (fewer when the model has fewer classes)")
+    unknown: bool = Field(description="ms3d: nearest distance >= gamma; always false otherwise")
+    frames: int = Field(description="frames decoded")
+    clips: int = Field(description="network inputs the video became")
+    duration_s: float
+    timing_ms: Timing
+    detail: Detail
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    architecture: str = Field(description="registry variant, e.g. c3d_vll_tiny")
+    backend: str
+    backend_info: dict[str, Any]
+    default: bool
+    labels: list[str]
+    sampler: dict[str, Any]
+    aggregator: dict[str, Any]
+    input_size: list[int]
+    decode_size: list[int]
+    clip_len: int
+    enrollable: bool = Field(description="true for ms3d: classes can be added over HTTP")
+    gamma: float | None = None
+
+
+class ModelsResponse(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+    failed: dict[str, str] = Field(description="bundles that could not be loaded, with why")
+
+
+class ClassInfo(BaseModel):
+    label: str
+    count: int = Field(description="embeddings (videos x walks) behind the centre")
+
+
+class ClassesResponse(BaseModel):
+    model: str
+    gamma: float | None
+    classes: list[ClassInfo]
+
+
+class EnrolResponse(ClassesResponse):
+    label: str
+    created: bool
+    videos: int = Field(description="example videos embedded by this request")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    models: list[str]

@@ -1,0 +1,316 @@
+"""The served models: bundles loaded from the store, their backends, and MS3D class enrolment.
+
+Recognition is exactly :func:`models.pipeline.predict_frames` with the bundle's stored
+:attr:`~models.bundle.Bundle.defaults` and, for ms3d, the repository's centres and gamma
+(paper 002_313c25135d55eaeb, Section III.D: nearest centre, ``unknown`` beyond gamma), i.e.
+what ``training.evaluate.evaluate_videos`` computes for the same bundle.
+
+Enrolment (paper 002, Eq. 6: a class centre is the mean of its videos' walk embeddings) edits a
+copy of the repository under the model's lock, writes it atomically into the bundle, records
+its new checksum in the manifest, then swaps the copy in: a recognition running meanwhile
+judges against either the old or the new repository, never a half-edited one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models._defaults import ModelDefaults
+from models.aggregators import VideoScores, topk
+from models.bundle import Bundle, BundleError, add_bundle_file, load_bundle
+from models.pipeline import (
+    Prediction,
+    decode_size,
+    predict_frames,
+    prepare_inputs,
+    run_network,
+)
+from models.repository import Repository, RepositoryError
+from service.backends import Backend, BackendUnavailable, load_backend
+from service.errors import ApiError
+from service.settings import Settings
+
+__all__ = ["REPOSITORY_FILE", "LoadedModel", "ModelStore", "Outcome", "detail_of"]
+
+log = logging.getLogger(__name__)
+
+REPOSITORY_FILE = "repository.safetensors"
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One video's answer with the labels and threshold it was judged against."""
+
+    prediction: Prediction
+    labels: list[str]
+    gamma: float | None
+
+    def top(self, k: int = TOP_K) -> list[tuple[str, float]]:
+        return topk(self.prediction.scores, k, self.labels)
+
+
+@dataclass
+class LoadedModel:
+    """A bundle ready to answer.
+
+    Attributes:
+        name: The bundle (directory) name, as requests name it.
+        bundle: The verified bundle.
+        backend: Its loaded network.
+        batch_size: Network inputs per forward call.
+        max_inputs: Cap on inputs per video (0: all), as in the bundle's evaluation.
+        repository: ms3d's class centres and gamma; ``None`` for classifiers.
+    """
+
+    name: str
+    bundle: Bundle
+    backend: Backend
+    batch_size: int
+    max_inputs: int
+    repository: Repository | None = None
+    _enrol_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def family(self) -> str:
+        return self.bundle.family
+
+    @property
+    def defaults(self) -> ModelDefaults:
+        return self.bundle.defaults
+
+    @property
+    def enrollable(self) -> bool:
+        return self.repository is not None
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in index order (the repository's, for ms3d)."""
+        repo = self.repository
+        return repo.names if repo is not None else self.bundle.labels
+
+    def decode_size(self) -> tuple[int, int]:
+        return decode_size(self.defaults)
+
+    def predict(self, frames: np.ndarray) -> Outcome:
+        """The video's answer, through the shared pipeline."""
+        repo = self.repository  # one snapshot: enrolment swaps the reference, never edits it
+        centres = gamma = None
+        labels = self.bundle.labels
+        if repo is not None:
+            if not len(repo):
+                raise ApiError(409, "empty_repository",
+                               f"model {self.name!r} has no enrolled class to judge against")
+            centres, gamma, labels = repo.centres_tensor(), repo.gamma, repo.names
+        pred = predict_frames(self.backend.forward, frames, self.defaults,
+                              batch_size=self.batch_size, max_inputs=self.max_inputs,
+                              centres=centres, gamma=gamma)
+        return Outcome(pred, labels, gamma)
+
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """``(P, D)`` walk embeddings of one video, as the repository was built in training."""
+        inputs = prepare_inputs(frames, self.defaults)
+        return run_network(self.backend.forward, inputs, self.batch_size).numpy()
+
+    def enrol(self, label: str, embeddings: list[np.ndarray]) -> tuple[bool, int]:
+        """Add class ``label`` from per-video embeddings, or fold them into its centre.
+
+        Returns:
+            ``(created, count)``: whether the class is new, and the embeddings now behind it.
+        """
+        with self._enrol_lock:
+            repo = self.require_repository()
+            edited = copy.deepcopy(repo)
+            rows = np.concatenate(embeddings)
+            created = label not in edited
+            if created:
+                edited.add_class(label, rows)
+            else:
+                edited.update(label, rows)
+            self._persist(edited)
+            return created, int(edited.counts[edited.index(label)])
+
+    def remove_class(self, label: str) -> None:
+        """Delete class ``label`` from the repository (persisted)."""
+        with self._enrol_lock:
+            repo = self.require_repository()
+            if label not in repo:
+                raise ApiError(404, "unknown_class", f"model {self.name!r} has no class {label!r}")
+            if len(repo) == 1:
+                raise ApiError(409, "last_class",
+                               f"{label!r} is the last class of {self.name!r}; it cannot be removed")
+            edited = copy.deepcopy(repo)
+            edited.remove_class(label)
+            self._persist(edited)
+
+    def require_repository(self) -> Repository:
+        if self.repository is None:
+            raise ApiError(404, "no_repository",
+                           f"model {self.name!r} ({self.family}) has no class repository; "
+                           "only ms3d models enrol classes")
+        return self.repository
+
+    def _persist(self, edited: Repository) -> None:
+        # The file first, then its checksum in the manifest; a crash in between leaves a bundle
+        # that fails verification (refused whole) rather than one that loads stale centres.
+        edited.save(self.bundle.path / REPOSITORY_FILE)
+        self.bundle = add_bundle_file(self.bundle, REPOSITORY_FILE)
+        self.repository = edited
+
+    def describe(self, default: bool) -> dict[str, Any]:
+        d = self.defaults
+        info: dict[str, Any] = {
+            "name": self.name,
+            "family": self.family,
+            "architecture": self.bundle.model_name,
+            "backend": self.backend.name,
+            "backend_info": self.backend.info,
+            "default": default,
+            "labels": self.labels,
+            "sampler": {"name": d.sampler, **dict(d.sampler_kwargs)},
+            "aggregator": {"name": d.aggregator, **dict(d.aggregator_kwargs)},
+            "input_size": list(d.input_size),
+            "decode_size": list(self.decode_size()),
+            "clip_len": d.clip_len,
+            "enrollable": self.enrollable,
+        }
+        if self.repository is not None:
+            info["gamma"] = _finite_or_none(self.repository.gamma)
+        return info
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def detail_of(outcome: Outcome, defaults: ModelDefaults) -> dict[str, Any]:
+    """The family detail of a recognition answer (votes per clip, or distances)."""
+    s: VideoScores = outcome.prediction.scores
+    labels = outcome.labels
+    detail: dict[str, Any] = {"aggregator": defaults.aggregator}
+    if s.input_pred is not None:
+        detail["clip_predictions"] = [labels[i] for i in s.input_pred.tolist()]
+    if s.votes is not None:
+        votes = s.votes.tolist()
+        detail["votes"] = {labels[i]: int(votes[i]) for i in s.order.tolist() if votes[i] > 0}
+    if s.distances is not None:
+        dist = s.distances.tolist()
+        detail["distances"] = [{"label": labels[i], "distance": float(dist[i])}
+                               for i in s.order.tolist()]
+        detail["gamma"] = _finite_or_none(outcome.gamma)
+    return detail
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """One dummy inference so the first request does not pay for lazy initialisation."""
+    d = model.defaults
+    height, width = model.decode_size()
+    frames = np.random.default_rng(0).integers(
+        0, 256, size=(max(2 * d.clip_len, 32), height, width, 3), dtype=np.uint8)
+    model.embed(frames)
+
+
+class ModelStore:
+    """All bundles of the store directory, loaded once.
+
+    Args:
+        settings: The service settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, LoadedModel] = {}
+        self.failed: dict[str, str] = {}
+        self.loaded = False
+
+    @property
+    def default_name(self) -> str | None:
+        if self.settings.default_model:
+            return self.settings.default_model
+        return min(self.models) if self.models else None
+
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, why not)``."""
+        if not self.loaded:
+            return False, "models are still loading"
+        if not self.models:
+            problems = "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+            return False, f"no model could be loaded from {self.settings.store}" + (
+                f" ({problems})" if problems else "")
+        default = self.default_name
+        if default not in self.models:
+            why = self.failed.get(default or "", "no such bundle in the store")
+            return False, f"default model {default!r} is not loaded: {why}"
+        return True, "ready"
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The model ``name`` (the default when ``None`` or empty).
+
+        Raises:
+            ApiError: 404 for a name that is not loaded.
+        """
+        key = name or self.default_name
+        model = self.models.get(key or "")
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ApiError(404, "unknown_model", f"no model named {key!r} (loaded: {known})")
+        return model
+
+    def bundle_dirs(self) -> list[Path]:
+        store = Path(self.settings.store)
+        if not store.is_dir():
+            return []
+        return sorted(p for p in store.iterdir() if (p / "manifest.json").is_file())
+
+    def load_all(self) -> None:
+        """Load and warm every bundle; failures are logged and listed, never half-loaded."""
+        s = self.settings
+        if s.compute_threads:
+            torch.set_num_threads(s.compute_threads)
+        models: dict[str, LoadedModel] = {}
+        for path in self.bundle_dirs():
+            started = time.perf_counter()
+            try:
+                model = self._load_one(path)
+                if s.warmup:
+                    _warm_up(model)
+            except (BundleError, RepositoryError, BackendUnavailable, OSError, ValueError,
+                    KeyError) as err:
+                log.error("model %s not loaded: %s", path.name, err)
+                self.failed[path.name] = str(err)
+                continue
+            models[model.name] = model
+            log.info("model %s loaded (%s, %s backend) in %.1f s", model.name, model.family,
+                     model.backend.name, time.perf_counter() - started)
+        self.models = models
+        self.loaded = True
+        ready, why = self.readiness()
+        if not ready:
+            log.error("service not ready: %s", why)
+
+    def _load_one(self, path: Path) -> LoadedModel:
+        s = self.settings
+        bundle = load_bundle(path)
+        preference = s.model_backends.get(bundle.name, s.backend)
+        backend = load_backend(bundle, preference, device=s.device, threads=s.compute_threads)
+        repository = None
+        if bundle.defaults.aggregator == "nearest_centre":
+            repository = Repository.load(bundle.file(REPOSITORY_FILE))
+        eval_cap = int(bundle.manifest.get("config", {}).get("eval_max_clips", 0) or 0)
+        return LoadedModel(
+            name=bundle.name,
+            bundle=bundle,
+            backend=backend,
+            batch_size=s.batch_size,
+            max_inputs=s.max_clips or eval_cap,
+            repository=repository,
+        )
