@@ -53,7 +53,7 @@ CONFIGS: list[tuple[str, str, list[str]]] = [
     ("attention_lstm", "late fusion", ["--fusion", "late"]),
     ("ms3d", "N-pair + repository", ["--holdout-classes", "1"]),
 ]
-EPOCHS = {"c3d_vll": 10, "full_video": 10, "attention_lstm": 20, "ms3d": 15}
+EPOCHS = {"c3d_vll": 10, "full_video": 10, "attention_lstm": 40, "ms3d": 15}
 
 NOTES_MARKER = "<!-- notes: kept by bench/study.py report -->"
 

@@ -123,7 +123,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
         "c3d_vll": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
-        "attention_lstm": dict(epochs=20, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0,
+        "attention_lstm": dict(epochs=40, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0,
                                weight_decay=1e-5),
         "ms3d": dict(epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5),
         "full_video": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
