@@ -37,7 +37,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ __all__ = [
     "export_network",
     "temporal_cluster_function",
     "example_input",
+    "OnnxForward",
     "onnx_forward",
     "main",
 ]
@@ -325,21 +326,43 @@ def export_network(
     return proto
 
 
-def onnx_forward(path: str | os.PathLike, *, threads: int | None = None) -> Callable[[Tensor], Tensor]:
-    """An ONNX Runtime (CPU) forward with the contract of a backend: float32 tensor in and out."""
-    import onnxruntime as ort
+class OnnxForward:
+    """An ONNX Runtime session with the contract of a backend forward: float32 tensor in and
+    out, as :func:`models.pipeline.run_network` expects.
 
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads (``None`` or 0: ONNX Runtime's default); when given, one
+            operator runs at a time (parallel operators only add contention per request).
+        providers: Execution providers in order of preference (default: CPU only).
 
-    def forward(inputs: Tensor) -> Tensor:
+    Attributes:
+        providers: The providers the session actually uses.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+        self._input = self._session.get_inputs()[0].name
+        self._output = self._session.get_outputs()[0].name
+        self.providers: list[str] = self._session.get_providers()
+
+    def __call__(self, inputs: Tensor) -> Tensor:
         array = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+        return torch.from_numpy(self._session.run([self._output], {self._input: array})[0])
 
-    return forward
+
+def onnx_forward(path: str | os.PathLike, *, threads: int | None = None) -> OnnxForward:
+    """An ONNX Runtime (CPU) forward with the contract of a backend: float32 tensor in and out."""
+    return OnnxForward(path, threads=threads)
 
 
 def _compare(

@@ -160,26 +160,15 @@ def _torch_backend(bundle: Bundle, device: str) -> Backend:
 
 
 def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
-    import numpy as np
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    # One session call at a time per request; parallel operators only add contention.
-    options.inter_op_num_threads = 1
+    from export.onnx import OnnxForward
+
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(bundle.file(ONNX_FILE)), options, providers=providers)
-    input_name = session.get_inputs()[0].name
-    output_name = session.get_outputs()[0].name
-
-    def forward(inputs: Tensor) -> Tensor:
-        array = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
-        (out,) = session.run([output_name], {input_name: array})
-        return torch.from_numpy(out).float()
-
-    return Backend("onnxruntime", forward, {"providers": session.get_providers()})
+    forward = OnnxForward(bundle.file(ONNX_FILE), threads=threads, providers=providers)
+    return Backend("onnxruntime", forward, {"providers": forward.providers})
 
 
 def _tensorrt_backend(bundle: Bundle) -> Backend:
