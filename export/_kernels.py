@@ -34,7 +34,7 @@ _BLOCK = 1024
 def triton_available() -> bool:
     """Whether Triton can be imported (it ships with CUDA builds of PyTorch)."""
     try:
-        import triton
+        import triton  # noqa: F401 - importing is the availability check
     except ImportError:
         return False
     return True

@@ -39,7 +39,7 @@ def plan_name(gpu_name: str) -> str:
 def tensorrt_available() -> bool:
     """``tensorrt`` importable and a CUDA device present."""
     try:
-        import tensorrt
+        import tensorrt  # noqa: F401 - importing is the availability check
     except ImportError:
         return False
     return torch.cuda.is_available()
