@@ -9,7 +9,9 @@ the loss in :mod:`training.losses.vll`.
 What the paper leaves open follows ``FAMILIES.md``: conv widths 64, 128, 256, 256, 256; pool1
 is 1x2x2 (keeps time), pools 2-5 are 2x2x2 with ceil rounding, so a 16x112x112 clip ends as
 256x1x4x4 = 4096 features; fc6 and fc7 have ``fc_dim`` units (4096 as the authors' code);
-dropout 0.05. A video is split into consecutive non-overlapping 16-frame clips and the clip
+dropout 0.05. ``norm=True`` adds BatchNorm after each convolution (not in the paper; the
+CPU-sized variant uses it because the plain stack trained from scratch sits at chance for a
+seed-dependent number of epochs, which swamps the loss comparisons). A video is split into consecutive non-overlapping 16-frame clips and the clip
 predictions are combined by majority vote (:func:`models.aggregators.majority_vote`).
 """
 
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from models._defaults import ModelDefaults
 from models._registry import register_model
 
-__all__ = ["C3DVLL", "c3d_vll", "c3d_vll_tiny", "C3D_WIDTHS"]
+__all__ = ["C3DVLL", "C3D_WIDTHS", "c3d_vll", "c3d_vll_tiny"]
 
 # Output channels of conv1..conv5 at width multiplier 1.
 C3D_WIDTHS: tuple[int, ...] = (64, 128, 256, 256, 256)
@@ -55,11 +57,15 @@ def _feature_shape(clip_len: int, input_size: tuple[int, int]) -> tuple[int, int
 
 
 class _ConvBlock(nn.Sequential):
-    """3x3x3 convolution (padding 1), ReLU, then a ceil-mode max pool."""
+    """3x3x3 convolution (padding 1), optional BatchNorm, ReLU, then a ceil-mode max pool."""
 
-    def __init__(self, in_channels: int, out_channels: int, pool: tuple[int, int, int]) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, pool: tuple[int, int, int], norm: bool = False
+    ) -> None:
+        conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm)
+        layers: list[nn.Module] = [conv, nn.BatchNorm3d(out_channels)] if norm else [conv]
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+            *layers,
             nn.ReLU(inplace=True),
             nn.MaxPool3d(kernel_size=pool, stride=pool, ceil_mode=True),
         )
@@ -72,7 +78,8 @@ class C3DVLL(nn.Module):
     logits ``(N, num_classes)``. The flatten size of the conv features is computed from
     ``clip_len`` and ``input_size``, so other clip shapes need a model built for them.
 
-    Layer names: ``layer1``..``layer5`` (conv, ReLU, pool), ``fc6``, ``fc7``, ``head``.
+    Layer names: ``layer1``..``layer5`` (conv, [BatchNorm,] ReLU, pool), ``fc6``, ``fc7``,
+    ``head``.
 
     Args:
         num_classes: Number of action classes.
@@ -82,6 +89,7 @@ class C3DVLL(nn.Module):
         clip_len: Frames per clip.
         input_size: (height, width) of each frame.
         in_channels: Input channels (3 for RGB).
+        norm: BatchNorm after every convolution (the paper has none).
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class C3DVLL(nn.Module):
         clip_len: int = 16,
         input_size: Sequence[int] = (112, 112),
         in_channels: int = 3,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1 or fc_dim < 1 or clip_len < 1 or width <= 0:
@@ -104,14 +113,15 @@ class C3DVLL(nn.Module):
         self.clip_len = clip_len
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.in_channels = in_channels
+        self.norm = norm
         self.widths = tuple(max(1, round(c * width)) for c in C3D_WIDTHS)
 
         chans = (in_channels, *self.widths)
-        self.layer1 = _ConvBlock(chans[0], chans[1], _POOLS[0])
-        self.layer2 = _ConvBlock(chans[1], chans[2], _POOLS[1])
-        self.layer3 = _ConvBlock(chans[2], chans[3], _POOLS[2])
-        self.layer4 = _ConvBlock(chans[3], chans[4], _POOLS[3])
-        self.layer5 = _ConvBlock(chans[4], chans[5], _POOLS[4])
+        self.layer1 = _ConvBlock(chans[0], chans[1], _POOLS[0], norm)
+        self.layer2 = _ConvBlock(chans[1], chans[2], _POOLS[1], norm)
+        self.layer3 = _ConvBlock(chans[2], chans[3], _POOLS[2], norm)
+        self.layer4 = _ConvBlock(chans[3], chans[4], _POOLS[3], norm)
+        self.layer5 = _ConvBlock(chans[4], chans[5], _POOLS[4], norm)
 
         self.feature_shape = (self.widths[-1], *_feature_shape(clip_len, self.input_size))
         self.num_flat_features = math.prod(self.feature_shape)
@@ -130,7 +140,8 @@ class C3DVLL(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.weight, std=0.01)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -168,7 +179,7 @@ def _build(defaults: dict[str, Any], overrides: dict[str, Any]) -> C3DVLL:
 
 
 _PAPER = {"width": 1.0, "fc_dim": 4096, "clip_len": 16, "input_size": (112, 112)}
-_TINY = {"width": 0.25, "fc_dim": 256, "clip_len": 16, "input_size": (56, 56)}
+_TINY = {"width": 0.25, "fc_dim": 256, "clip_len": 16, "input_size": (56, 56), "norm": True}
 
 
 @register_model(
@@ -204,7 +215,7 @@ def c3d_vll(*, num_classes: int = 101, **kwargs: Any) -> C3DVLL:
     )
 )
 def c3d_vll_tiny(*, num_classes: int = 10, **kwargs: Any) -> C3DVLL:
-    """A CPU-sized variant for 64x64 synthetic videos: width 1/4, fc 256, 16x56x56 clips.
+    """A CPU-sized variant for 64x64 synthetic videos: width 1/4, fc 256, 16x56x56 clips, BN.
 
     Args:
         num_classes: Number of action classes.

@@ -69,6 +69,17 @@ def test_paper_size_flatten_is_4096():
     assert model.drop.p == 0.05
 
 
+def test_norm_option_puts_batchnorm_between_conv_and_relu():
+    plain, normed = c3d_vll_tiny(num_classes=3, norm=False), c3d_vll_tiny(num_classes=3)
+    assert [type(m) for m in plain.layer1] == [torch.nn.Conv3d, torch.nn.ReLU, torch.nn.MaxPool3d]
+    assert [type(m) for m in normed.layer1] == [
+        torch.nn.Conv3d, torch.nn.BatchNorm3d, torch.nn.ReLU, torch.nn.MaxPool3d]
+    # The conv bias is redundant before BatchNorm's shift.
+    assert normed.layer1[0].bias is None and plain.layer1[0].bias is not None
+    with torch.device("meta"):
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in c3d_vll(num_classes=3).modules())
+
+
 def test_builders_take_overrides_and_refuse_unknown_keys():
     with torch.device("meta"):
         model = c3d_vll(num_classes=7, fc_dim=2048)
