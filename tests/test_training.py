@@ -90,3 +90,36 @@ def test_torchrun_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = load_bundle(tmp_path / "ddp")
     assert bundle.manifest["training"]["world_size"] == 2
+
+
+def test_train_step_updates_and_refuses_a_non_finite_loss() -> None:
+    import contextlib
+
+    from training.run import train_step
+    from training.tasks import Batch
+
+    class _Task:  # the one method train_step needs from a Task
+        def __init__(self, scale: float) -> None:
+            self.scale = scale
+
+        def loss(self, net, batch):
+            loss = (net(batch.inputs).squeeze(1) - batch.labels).pow(2).mean() * self.scale
+            return loss, {"mse": float(loss.detach())}
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    batch = Batch(torch.randn(8, 3), torch.randn(8))
+    before = net.weight.detach().clone()
+    # Expected SGD update by hand: w <- w - lr * dL/dw with L = mean((xw + b - y)^2).
+    residual = (batch.inputs @ before.T + net.bias.detach()).squeeze(1) - batch.labels
+    grad = 2 * (residual[:, None] * batch.inputs).mean(0)
+    loss, parts = train_step(net, _Task(1.0), batch, opt, autocast=contextlib.nullcontext, scaler=None)
+    torch.testing.assert_close(net.weight.detach()[0], before[0] - 0.1 * grad)
+    assert loss.item() == pytest.approx(residual.pow(2).mean().item()) and "mse" in parts
+
+    before = net.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match="epoch 3"):
+        train_step(net, _Task(float("nan")), batch, opt, autocast=contextlib.nullcontext,
+                   scaler=None, where="epoch 3, step 7")
+    assert torch.equal(net.weight.detach(), before)  # nothing reached the weights

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models._io import atomic_write
@@ -39,7 +39,7 @@ from training.evaluate import evaluate_videos
 from training.metrics import lr_at
 from training.tasks import Batch, make_task
 
-__all__ = ["main", "train"]
+__all__ = ["channels_last_for", "main", "make_optimizer", "mixed_precision", "to_device", "train", "train_step"]
 
 log = logging.getLogger("training")
 
@@ -82,7 +82,8 @@ def _seed_all(*key: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -91,7 +92,9 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+def mixed_precision(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+    """An autocast context factory and, for fp16, a gradient scaler (CUDA with ``amp`` only:
+    bf16 where the GPU supports it, else fp16 + scaler; a no-op elsewhere)."""
     if not (cfg.amp and device.type == "cuda"):
         return contextlib.nullcontext, None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -99,12 +102,45 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.Gr
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
-def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
+def channels_last_for(family: str, device: torch.device) -> bool:
+    """Whether the loop stores the model and inputs channels-last 3D: on CUDA for the
+    pure-3D-conv families, where cuDNN's NDHWC kernels are faster."""
+    return device.type == "cuda" and family in ("c3d_vll", "ms3d")
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
+    """The batch on ``device`` (asynchronous from pinned memory), optionally channels-last 3D."""
     inputs = batch.inputs.to(device, non_blocking=True)
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     return Batch(inputs, batch.labels.to(device, non_blocking=True),
                  None if batch.input_video is None else batch.input_video.to(device, non_blocking=True))
+
+
+def train_step(net: nn.Module, task: Any, batch: Batch, optimizer: torch.optim.Optimizer, *,
+               autocast: Any, scaler: torch.amp.GradScaler | None, grad_clip: float = 0.0,
+               where: str = "") -> tuple[Tensor, dict[str, float]]:
+    """One optimisation step: the task's loss under ``autocast``, backward (scaled for fp16),
+    optional gradient clipping, update. Returns the detached loss and the loss parts; a
+    non-finite loss stops the run before it reaches the weights."""
+    with autocast():
+        loss, parts = task.loss(net, batch)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at {where or 'this step'}")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach(), parts
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -177,7 +213,7 @@ def train(cfg: TrainConfig) -> Path | None:
     _seed_all(cfg.seed, 0)
     model_kwargs = task.model_kwargs()
     model = create_model(task.model_name, **model_kwargs, **task.build_only_kwargs()).to(ctx.device)
-    channels_last = ctx.device.type == "cuda" and cfg.family in ("c3d_vll", "ms3d")
+    channels_last = channels_last_for(cfg.family, ctx.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     net: nn.Module = model
@@ -185,8 +221,8 @@ def train(cfg: TrainConfig) -> Path | None:
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     # ---- optimizer, data loader
-    optimizer = _optimizer(cfg, model)
-    autocast, scaler = _autocast(cfg, ctx.device)
+    optimizer = make_optimizer(cfg, model)
+    autocast, scaler = mixed_precision(cfg, ctx.device)
     dataset = task.train_dataset(train_entries)
     loader, epoch_sampler = task.loader(dataset, train_entries, ctx.rank, ctx.world, cfg.workers)
     steps_per_epoch = len(loader)
@@ -233,24 +269,9 @@ def train(cfg: TrainConfig) -> Path | None:
                        warmup_steps=cfg.warmup_steps, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _to_device(batch, ctx.device, channels_last)
-            with autocast():
-                loss, parts = task.loss(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            batch = to_device(batch, ctx.device, channels_last)
+            loss, parts = train_step(net, task, batch, optimizer, autocast=autocast, scaler=scaler,
+                                     grad_clip=cfg.grad_clip, where=f"epoch {epoch + 1}, step {step}")
             step += 1
             seen += len(batch.inputs)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
