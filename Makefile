@@ -24,6 +24,7 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/infer.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

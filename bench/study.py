@@ -75,6 +75,12 @@ def _dataset(name: str) -> Path:
     return out
 
 
+def _num_classes(dataset: str) -> int:
+    from training.synth import class_names
+
+    return len(class_names(DATASETS[dataset][0]))
+
+
 def _done() -> set[str]:
     if not RESULTS.is_file():
         return set()
@@ -153,29 +159,31 @@ def report() -> None:
         lines += [f"## {TITLES[family]}", ""]
         configs = [c for f, c, _ in CONFIGS if f == family]
         extra = family == "ms3d"
-        header = "| dataset | configuration | n | top-1 | top-5 | wall s/run |"
+        header = "| dataset | configuration | n | top-1 | top-1 per seed | top-5 | wall s/run |"
         if extra:
-            header = ("| dataset | configuration | n | top-1 (nearest centre) | in-class acceptance "
-                      "| unknown rejection | wall s/run |")
+            header = ("| dataset | configuration | n | top-1 (nearest centre) | top-1 per seed "
+                      "| in-class acceptance | unknown rejection | wall s/run |")
         lines += [header, "|" + " --- |" * (header.count("|") - 1)]
         fig, ax = plt.subplots(figsize=(7, 3.2))
         width = 0.8 / max(1, len(DATASETS))
         for d_i, dataset in enumerate(DATASETS):
             means, stds, names = [], [], []
             for config in configs:
-                sel = [r for r in rows if r["dataset"] == dataset and r["config"] == config]
+                sel = sorted((r for r in rows if r["dataset"] == dataset and r["config"] == config),
+                             key=lambda r: r["seed"])
                 if not sel:
                     continue
                 top1 = [r["metrics"]["top1"] for r in sel]
+                seeds = " / ".join(f"{100 * v:.0f}" for v in top1)
                 wall = statistics.fmean(r["wall_s"] for r in sel)
                 if extra:
                     acc = [r["metrics"].get("in_class_acceptance", float("nan")) for r in sel]
                     rej = [r["metrics"].get("unknown_rejection", float("nan")) for r in sel]
-                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | "
+                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
                                  f"{_mean_std(acc)} | {_mean_std(rej)} | {wall:.0f} |")
                 else:
                     top5 = [r["metrics"]["top5"] for r in sel]
-                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | "
+                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
                                  f"{_mean_std(top5)} | {wall:.0f} |")
                 names.append(config)
                 means.append(100 * statistics.fmean(top1))
@@ -185,7 +193,13 @@ def report() -> None:
                 ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"dataset {dataset}")
                 ax.set_xticks([i + width * (len(DATASETS) - 1) / 2 for i in range(len(names))])
                 ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-        ax.axhline(100 / 4, color="grey", linestyle="--", linewidth=0.8, label="chance (4 classes)")
+        chance: dict[int, str] = {}
+        for dataset in DATASETS:
+            if any(r["dataset"] == dataset for r in rows):
+                chance.setdefault(_num_classes(dataset), ("--", ":")[len(chance) % 2])
+        for n_classes, style in chance.items():
+            ax.axhline(100 / n_classes, color="grey", linestyle=style, linewidth=0.8,
+                       label=f"chance ({n_classes} classes)")
         ax.set_ylabel("video top-1 (%)")
         ax.set_ylim(0, 105)
         ax.set_title(TITLES[family], fontsize=9)
@@ -216,7 +230,9 @@ def report() -> None:
     notes = ""
     if out.is_file() and NOTES_MARKER in out.read_text():
         notes = out.read_text().split(NOTES_MARKER, 1)[1]
-    out.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
+    tmp.replace(out)
     print(f"wrote {DOCS / 'results.md'}")
 
 
