@@ -159,7 +159,8 @@ def report() -> None:
         lines += [f"## {TITLES[family]}", ""]
         configs = [c for f, c, _ in CONFIGS if f == family]
         extra = family == "ms3d"
-        header = "| dataset | configuration | n | top-1 | top-1 per seed | top-5 | wall s/run |"
+        header = ("| dataset | configuration | n | top-1 | top-1 per seed | top-5 | clip accuracy "
+                  "| wall s/run |")
         if extra:
             header = ("| dataset | configuration | n | top-1 (nearest centre) | top-1 per seed "
                       "| in-class acceptance | unknown rejection | wall s/run |")
@@ -183,8 +184,9 @@ def report() -> None:
                                  f"{_mean_std(acc)} | {_mean_std(rej)} | {wall:.0f} |")
                 else:
                     top5 = [r["metrics"]["top5"] for r in sel]
+                    clip = [r["metrics"]["clip_accuracy"] for r in sel]
                     lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
-                                 f"{_mean_std(top5)} | {wall:.0f} |")
+                                 f"{_mean_std(top5)} | {_mean_std(clip)} | {wall:.0f} |")
                 names.append(config)
                 means.append(100 * statistics.fmean(top1))
                 stds.append(100 * (statistics.stdev(top1) if len(top1) > 1 else 0.0))
