@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.onnx import export_network, onnx_forward
-from models import create_model, get_defaults
+from models import create_model, get_spec
 
 DEFAULT_MODELS = ["c3d_vll", "ms3d", "full_video", "attention_lstm_tiny"]
 
@@ -49,9 +49,9 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def bench_model(name: str, *, clips: int, frames: int, repeats: int, threads: int, workdir: Path) -> dict[str, float]:
     """Clips/s of eager PyTorch and ONNX Runtime for one registered model."""
     torch.manual_seed(0)
-    defaults = get_defaults(name)
+    defaults = get_spec(name)
     model = create_model(name).eval()
-    length = defaults.clip_len or frames
+    length = defaults.input_frames or frames
     x = torch.randn(clips, 3, length, *defaults.input_size)
     started = time.perf_counter()
     path = workdir / f"{name}.onnx"
@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<22} {'input':<24} {'eager clips/s':>13} {'ORT clips/s':>12} {'ratio':>6} {'max|diff|':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            whole_video = get_defaults(name).clip_len == 0
+            whole_video = get_spec(name).input_frames == 0
             clips = 1 if whole_video else args.clips
             r = bench_model(name, clips=clips, frames=args.frames, repeats=args.repeats, threads=args.threads, workdir=Path(tmp))
-            size = "x".join(str(s) for s in get_defaults(name).input_size)
+            size = "x".join(str(s) for s in get_spec(name).input_size)
             shape = f"{clips}x3x{r['frames']}x{size}"
             print(f"{name:<22} {shape:<24} {r['eager']:>13.2f} {r['ort']:>12.2f} {r['ratio']:>6.2f} {r['max_abs_diff']:>10.1e}",
                   flush=True)

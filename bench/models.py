@@ -5,7 +5,7 @@ Run ``python bench/models.py`` (``make bench``). Three tables:
 
 1. Every registered variant: parameters, the input each network sees, inputs per video and
    FLOPs per video. The reference video is 10 s at 25 fps (250 frames); its inputs come from the
-   variant's own sampler and defaults (``clip_len``, ``input_size``, ``sampler_kwargs``):
+   variant's own sampler and defaults (its :class:`~models.spec.VariantSpec`):
    clip families cost FLOPs per clip x clips, whole-video families one pass over all frames.
 2. ``full_video`` (TSM ResNet-18, 224x224) on a 32-frame video: clustering into g = 8 / 16
    against TSM on 8, 16 and all 32 frames. The paper counts multiply-accumulates (its 58.24G
@@ -38,7 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402,F401  (registers the families already wired into the package)
-from models._registry import create_model, get_defaults, list_models  # noqa: E402
+from models import create_model, get_spec, list_models  # noqa: E402
+from models.pipeline import sample_video  # noqa: E402
 
 # Family modules; importing one registers its variants. Missing ones are skipped, so the script
 # runs while the package is still growing.
@@ -70,40 +71,11 @@ def _import_families() -> list[str]:
     return missing
 
 
-def _fallback_indices(sampler: str, num_frames: int, kwargs: dict) -> np.ndarray:
-    """Index matrix shape (N, L) when ``video.sampling`` is not available yet."""
-    if sampler == "consecutive":
-        clip_len = int(kwargs["clip_len"])
-        stride = int(kwargs.get("stride") or clip_len)
-        count = max(1, (num_frames - clip_len) // stride + 1) if num_frames >= clip_len else 1
-        if kwargs.get("max_clips"):
-            count = min(count, int(kwargs["max_clips"]))
-        return np.zeros((count, clip_len), dtype=np.int64)
-    if sampler == "uniform":
-        return np.zeros((1, int(kwargs["num_segments"])), dtype=np.int64)
-    if sampler == "pz":
-        sizes = kwargs.get("sizes", (7, 17, 25))
-        return np.zeros((int(kwargs.get("walks", 1)), int(sum(sizes))), dtype=np.int64)
-    if sampler == "all":
-        return np.zeros((1, max(num_frames, int(kwargs.get("min_frames", 1)))), dtype=np.int64)
-    raise ValueError(f"unknown sampler {sampler!r}")
-
-
 def inputs_per_video(name: str, num_frames: int = REFERENCE_FRAMES) -> tuple[int, int]:
     """(inputs N, frames per input L) that the variant's sampler makes of a reference video."""
-    d = get_defaults(name)
-    kwargs = dict(d.sampler_kwargs)
-    if d.sampler == "consecutive":
-        kwargs.setdefault("clip_len", d.clip_len)
-    try:
-        from video.sampling import sample_indices
-    except ImportError:
-        indices = _fallback_indices(d.sampler, num_frames, kwargs)
-    else:
-        # Flat grey frames: the samplers only need the count (p(z) falls back to its floor).
-        frames = np.full((num_frames, 8, 8, 3), 128, dtype=np.uint8)
-        rng = np.random.default_rng(0)
-        indices = sample_indices(d.sampler, frames, train=False, rng=rng, **kwargs)
+    # Flat grey frames: the samplers only need the count (p(z) falls back to its floor).
+    frames = np.full((num_frames, 8, 8, 3), 128, dtype=np.uint8)
+    indices = sample_video(frames, get_spec(name))
     return int(indices.shape[0]), int(indices.shape[1])
 
 
@@ -131,7 +103,7 @@ def count_parameters(build: Callable[[], nn.Module]) -> int:
 def registry_table() -> list[dict]:
     rows = []
     for name in list_models():
-        d = get_defaults(name)
+        d = get_spec(name)
         n_inputs, length = inputs_per_video(name)
         shape = (1, 3, length, *d.input_size)
         flops = count_flops(lambda: create_model(name), shape)
@@ -161,7 +133,8 @@ def table1_rows(frames: int = 32, size: int = 224) -> list[dict]:
     rows = []
     for label, mode, g, t in configs:
         flops = count_flops(
-            lambda: create_model("full_video", num_classes=4, clustering=mode, num_clusters=g),
+            lambda: create_model("full_video", spec=get_spec("full_video").replace(segments=g),
+                                 num_classes=4, clustering=mode),
             (1, 3, t, size, size),
         )
         paper = PAPER_TABLE1.get(label)

@@ -67,7 +67,7 @@ def make_bundle(store: Path, arch: str) -> str:
     import torch
 
     from export.onnx import export_onnx
-    from models._registry import create_model, get_defaults
+    from models import create_model, get_spec
     from models.bundle import write_bundle
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def make_bundle(store: Path, arch: str) -> str:
     name = f"{arch}-bench"
     model = create_model(arch, num_classes=len(labels)).eval()
     write_bundle(store / name, model=model, model_name=arch, model_kwargs={"num_classes": 10},
-                 family="c3d_vll", labels=labels, defaults=get_defaults(arch))
+                 family="c3d_vll", labels=labels, spec=get_spec(arch))
     export_onnx(store / name)
     return name
 
@@ -188,19 +188,18 @@ def overhead(base: str, video: Path, bundle_dir: Path, threads: int, pairs: int,
     import torch
 
     from models.bundle import load_bundle
-    from models.pipeline import decode_size, predict_frames
+    from models.pipeline import decode_for, predict_frames
     from service.backends import load_backend
-    from video.decode import decode_video
 
     torch.set_num_threads(threads)
     bundle = load_bundle(bundle_dir)
     backend = load_backend(bundle, "onnxruntime", device="cpu", threads=threads)
-    defaults = bundle.defaults
+    defaults = bundle.spec
     payload = video.read_bytes()
 
     def in_process() -> float:
         started = time.perf_counter()
-        frames, _ = decode_video(video, size=decode_size(defaults), threads=2)
+        frames, _ = decode_for(video, defaults, threads=2)
         predict_frames(backend.forward, frames, defaults, batch_size=16)
         return time.perf_counter() - started
 

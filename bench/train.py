@@ -44,21 +44,21 @@ from training.tasks import Batch, Task, make_task
 
 def _batch(task: Task, cfg: TrainConfig, *, clips_per_video: int, frames: int) -> Batch:
     """A random batch with the shapes and labels of ``task``'s training batches."""
-    d = task.defaults()
+    d = task.spec()
     classes = len(task.classes)
     g = torch.Generator().manual_seed(0)
     videos = cfg.batch_size
     if cfg.family == "full_video":
-        length = d.sampler_kwargs.get("num_segments", frames) if d.sampler == "uniform" else frames
+        length = d.segments if d.sampler == "uniform" else frames
         x = torch.randn(videos, 3, length, *d.input_size, generator=g)
         return Batch(x, torch.randint(classes, (videos,), generator=g))
     if cfg.family == "ms3d":
-        x = torch.randn(videos, 3, d.clip_len, *d.input_size, generator=g)
+        x = torch.randn(videos, 3, d.input_frames, *d.input_size, generator=g)
         # N-pair: consecutive inputs are (anchor, positive) of one class.
         labels = torch.arange(videos // 2).repeat_interleave(2) % classes
         return Batch(x, labels)
     if not task.video_level():
-        x = torch.randn(videos, 3, d.clip_len, *d.input_size, generator=g)
+        x = torch.randn(videos, 3, d.input_frames, *d.input_size, generator=g)
         return Batch(x, torch.randint(classes, (videos,), generator=g))
     x = torch.randn(videos * clips_per_video, 3, d.clip_len, *d.input_size, generator=g)
     clip_video = torch.arange(videos).repeat_interleave(clips_per_video)
@@ -72,7 +72,7 @@ def bench_family(cfg: TrainConfig, device: torch.device, *, amp: bool, classes: 
     cfg = dataclasses.replace(cfg, amp=amp)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg, [f"class{i}" for i in range(classes)])
-    model = create_model(task.model_name, **task.model_kwargs()).to(device).train()
+    model = create_model(task.model_name, spec=task.spec(), **task.model_kwargs()).to(device).train()
     channels_last = amp and channels_last_for(cfg.family, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)

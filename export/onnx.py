@@ -48,18 +48,24 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from models._defaults import ModelDefaults
-from models._io import atomic_write
-from models.bundle import Bundle, add_bundle_file, load_bundle
+from models.fileio import atomic_write
+from models.bundle import (
+    ONNX_FILE,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    Bundle,
+    add_bundle_file,
+    load_bundle,
+)
 from models.clustering import temporal_cluster
-from models.pipeline import decode_size, prepare_inputs, run_network
+from models.pipeline import decode_for, prepare_inputs, run_network
+from models.spec import VariantSpec
 
 __all__ = [
     "CLUSTER_DOMAIN",
     "CLUSTER_OP",
     "PLUGIN_NAMESPACE",
     "MAX_OPSET",
-    "ONNX_FILE",
     "ExportError",
     "Verification",
     "export_onnx",
@@ -79,9 +85,6 @@ PLUGIN_NAMESPACE = "actrec"
 # TensorRT 10's ONNX parser reads opsets up to 20; the TorchScript exporter stops there too.
 MAX_OPSET = 20
 MIN_OPSET = 17
-ONNX_FILE = "model.onnx"
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 # Absolute difference allowed between ONNX Runtime and PyTorch outputs.
 DEFAULT_TOLERANCE = 1e-3
 # Clips per batch the TensorRT profiles are built for (min, opt, max); frames for full_video.
@@ -273,19 +276,19 @@ def _trace_to_onnx(
     return onnxscript.optimizer.optimize(model, num_iterations=1)
 
 
-def example_input(defaults: ModelDefaults, *, clips: int = 2, frames: int | None = None) -> Tensor:
+def example_input(spec: VariantSpec, *, clips: int = 2, frames: int | None = None) -> Tensor:
     """A random ``(clips, 3, T, H, W)`` input of the bundle's own spec.
 
     ``T`` is the clip length, or ``frames`` (default 16) for whole-video families.
     """
-    length = defaults.clip_len or (frames if frames is not None else 16)
+    length = spec.input_frames or (frames if frames is not None else 16)
     generator = torch.Generator().manual_seed(clips * 1000 + length)
-    return torch.randn(clips, 3, length, *defaults.input_size, generator=generator)
+    return torch.randn(clips, 3, length, *spec.input_size, generator=generator)
 
 
 def export_network(
     model: nn.Module,
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     *,
     opset: int = MIN_OPSET,
     optimize: bool = True,
@@ -298,17 +301,17 @@ def export_network(
     """
     _check_opset(opset)
     model = model.eval()
-    dynamic_time = defaults.clip_len == 0
+    dynamic_time = spec.input_frames == 0
     input_axes = {0: "clips", 2: "frames"} if dynamic_time else {0: "clips"}
-    example = example_input(defaults, clips=2, frames=16)
+    example = example_input(spec, clips=2, frames=16)
     with _cluster_as_node(model):
         proto = _trace_to_onnx(
             model,
             example,
             opset=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: input_axes, OUTPUT_NAME: {0: "clips"}},
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_axes={ONNX_INPUT: input_axes, ONNX_OUTPUT: {0: "clips"}},
             optimize=optimize,
         )
     spec = _clustering_of(model)
@@ -379,19 +382,17 @@ def _compare(
     return Verification(name, tuple(inputs.shape), tuple(expected.shape), diff)
 
 
-def _verification_inputs(defaults: ModelDefaults, video: str | os.PathLike | None) -> list[tuple[str, Tensor]]:
+def _verification_inputs(spec: VariantSpec, video: str | os.PathLike | None) -> list[tuple[str, Tensor]]:
     cases: list[tuple[str, Tensor]] = []
-    if defaults.clip_len:
-        cases.append(("spec N=3", example_input(defaults, clips=3)))
+    if spec.input_frames:
+        cases.append(("spec N=3", example_input(spec, clips=3)))
     else:
         # Frame counts off the export example's 16 so a baked-in length would show.
         for frames in (1, 9, 33):
-            cases.append((f"spec N=2 T={frames}", example_input(defaults, clips=2, frames=frames)))
+            cases.append((f"spec N=2 T={frames}", example_input(spec, clips=2, frames=frames)))
     if video is not None:
-        from video.decode import decode_video
-
-        frames_uint8, _ = decode_video(video, size=decode_size(defaults))
-        cases.append((f"video {Path(video).name}", prepare_inputs(frames_uint8, defaults)))
+        frames_uint8, _ = decode_for(video, spec)
+        cases.append((f"video {Path(video).name}", prepare_inputs(frames_uint8, spec)))
     return cases
 
 
@@ -432,7 +433,7 @@ def export_onnx(
         bundle = load_bundle(bundle)
     _check_opset(opset)
     tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
-    defaults = bundle.defaults
+    spec = bundle.spec
     try:
         model = bundle.build_model()
     except RuntimeError as err:  # load_state_dict: shapes of the weights vs today's code
@@ -443,7 +444,7 @@ def export_onnx(
         ) from err
     started = time.perf_counter()
     try:
-        proto = export_network(model, defaults, opset=opset, optimize=optimize)
+        proto = export_network(model, spec, opset=opset, optimize=optimize)
     except ExportError:
         raise
     except Exception as err:  # the tracer raises many types; name the bundle and the cause
@@ -454,7 +455,7 @@ def export_onnx(
     def write_and_verify(tmp: Path) -> None:
         tmp.write_bytes(proto.SerializeToString())
         forward = onnx_forward(tmp)
-        for name, inputs in _verification_inputs(defaults, video):
+        for name, inputs in _verification_inputs(spec, video):
             result = _compare(name, inputs, model, forward)
             results.append(result)
             print(f"{bundle.name}: {name} {list(result.shape)} max abs diff {result.max_abs_diff:.3e}")
@@ -467,20 +468,20 @@ def export_onnx(
 
     atomic_write(bundle.path / ONNX_FILE, write_and_verify)
     worst = max(r.max_abs_diff for r in results)
-    dynamic_time = defaults.clip_len == 0
-    length: int | str = "frames" if dynamic_time else defaults.clip_len
-    input_shape: list[int | str] = ["clips", 3, length, *defaults.input_size]
+    dynamic_time = spec.input_frames == 0
+    length: int | str = "frames" if dynamic_time else spec.input_frames
+    input_shape: list[int | str] = ["clips", 3, length, *spec.input_size]
     output_shape: list[int | str] = ["clips", *results[0].output_shape[1:]]
     dims = {"clips": dict(zip(("min", "opt", "max"), CLIP_RANGE))}
     if dynamic_time:
         dims["frames"] = dict(zip(("min", "opt", "max"), FRAME_RANGE))
     info: dict[str, Any] = {
         "opset": opset,
-        "inputs": [_shape_entry(INPUT_NAME, input_shape)],
-        "outputs": [_shape_entry(OUTPUT_NAME, output_shape)],
+        "inputs": [_shape_entry(ONNX_INPUT, input_shape)],
+        "outputs": [_shape_entry(ONNX_OUTPUT, output_shape)],
         "dynamic_axes": {
-            INPUT_NAME: {0: "clips", 2: "frames"} if dynamic_time else {0: "clips"},
-            OUTPUT_NAME: {0: "clips"},
+            ONNX_INPUT: {0: "clips", 2: "frames"} if dynamic_time else {0: "clips"},
+            ONNX_OUTPUT: {0: "clips"},
         },
         "dims": dims,
         "max_abs_diff": worst,
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, BundleError, VideoError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    info = bundle.manifest["files"][ONNX_FILE]
+    info = bundle.file_info(ONNX_FILE)
     print(f"wrote {bundle.path / ONNX_FILE} (opset {info['opset']}, max abs diff {info['max_abs_diff']:.3e})")
     return 0
 

@@ -28,8 +28,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models._io import atomic_write_bytes
-from models.bundle import Bundle, BundleError, add_bundle_file, load_bundle
+from models.fileio import atomic_write_bytes
+from models.bundle import (
+    ONNX_FILE,
+    ONNX_INPUT,
+    Bundle,
+    BundleError,
+    add_bundle_file,
+    load_bundle,
+    plan_name,
+)
 
 __all__ = ["TensorRTMissing", "INSTALL_HINT", "build_engine", "profile_shapes", "main"]
 
@@ -38,8 +46,6 @@ INSTALL_HINT = (
     "export.trt needs TensorRT 10.x and an NVIDIA GPU: pip install 'tensorrt>=10,<11' "
     "(or pip install -e '.[tensorrt]')"
 )
-ONNX_FILE = "model.onnx"
-INPUT_NAME = "input"
 
 
 class TensorRTMissing(RuntimeError):
@@ -127,12 +133,11 @@ def build_engine(
     import torch
 
     from export.plugin import register
-    from export.trt_runtime import plan_name
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     onnx_path = bundle.file(ONNX_FILE)
-    onnx_info = bundle.manifest["files"][ONNX_FILE]
+    onnx_info = bundle.file_info(ONNX_FILE)
     shapes = profile_shapes(onnx_info, max_frames=max_frames)
     if onnx_info.get("custom_ops"):
         # Before parsing: the parser prefers a registered plugin to the node's local function.
@@ -152,7 +157,7 @@ def build_engine(
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *shapes)
+    profile.set_shape(ONNX_INPUT, *shapes)
     config.add_optimization_profile(profile)
 
     cache_path = bundle.path.parent / f"{bundle.name}.{plan[len('model.'):-len('.plan')]}.timing-cache"
@@ -172,7 +177,7 @@ def build_engine(
         tensorrt=trt.__version__,
         precision="fp16" if fp16 else "fp32",
         strongly_typed=strongly_typed,
-        profiles=[{INPUT_NAME: {k: list(s) for k, s in zip(names, shapes)}}],
+        profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, shapes)}}],
         workspace_gb=workspace_gb,
         plugins=[f"{op['plugin_namespace']}::{op['op']}" for op in onnx_info.get("custom_ops", [])],
         timing_cache=cache_path.name,
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, RuntimeError, ValueError) as err:
         print(f"export.trt failed: {err}", file=sys.stderr)
         return 1
-    plans = [name for name in bundle.manifest["files"] if name.endswith(".plan")]
+    plans = bundle.plans()
     print(f"wrote {', '.join(str(bundle.path / p) for p in plans)}")
     return 0
 

@@ -9,31 +9,15 @@ plugin (:mod:`export.plugin`; the full-video clustering of Liu et al., CVPR 2021
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from models.bundle import Bundle, BundleError
+from models.bundle import ONNX_INPUT, ONNX_OUTPUT, Bundle, BundleError, plan_name
 
-__all__ = ["plan_name", "tensorrt_available", "TrtEngine", "INPUT_NAME", "OUTPUT_NAME"]
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
-
-
-def plan_name(gpu_name: str) -> str:
-    """``model.<sanitised gpu name>.plan``: lower case, runs of other characters as ``-``.
-
-    >>> plan_name("NVIDIA H100 80GB HBM3")
-    'model.nvidia-h100-80gb-hbm3.plan'
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"GPU name {gpu_name!r} has no usable characters")
-    return f"model.{slug}.plan"
+__all__ = ["TrtEngine", "tensorrt_available"]
 
 
 def tensorrt_available() -> bool:
@@ -76,7 +60,7 @@ class TrtEngine:
                 f"{bundle.path} has no TensorRT plan for {self.gpu} ({self.plan}); "
                 f"build one with `python -m export.trt --bundle {bundle.path}`"
             ) from None
-        info = bundle.manifest["files"][self.plan]
+        info = bundle.file_info(self.plan)
         if info.get("tensorrt") and info["tensorrt"] != trt.__version__:
             raise RuntimeError(
                 f"{path} was built with TensorRT {info['tensorrt']}, this is {trt.__version__}; rebuild it"
@@ -90,7 +74,7 @@ class TrtEngine:
         if self._engine is None:
             raise RuntimeError(f"TensorRT could not deserialise {path}")
         self._context = self._engine.create_execution_context()
-        profile = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        profile = self._engine.get_tensor_profile_shape(ONNX_INPUT, 0)
         self.min_shape, self.opt_shape, self.max_shape = (tuple(s) for s in profile)
         self.precision = info.get("precision", "fp32")
         self._lock = threading.Lock()
@@ -104,11 +88,11 @@ class TrtEngine:
                 )
 
     def _run(self, chunk: Tensor) -> Tensor:
-        self._context.set_input_shape(INPUT_NAME, tuple(chunk.shape))
-        out_shape = tuple(self._context.get_tensor_shape(OUTPUT_NAME))
+        self._context.set_input_shape(ONNX_INPUT, tuple(chunk.shape))
+        out_shape = tuple(self._context.get_tensor_shape(ONNX_OUTPUT))
         out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
-        self._context.set_tensor_address(INPUT_NAME, chunk.data_ptr())
-        self._context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        self._context.set_tensor_address(ONNX_INPUT, chunk.data_ptr())
+        self._context.set_tensor_address(ONNX_OUTPUT, out.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")

@@ -61,8 +61,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models._defaults import ModelDefaults
-from models._registry import register_model
+from models.registry import register_model
+from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
 
 __all__ = [
     "AttentionLSTM",
@@ -71,8 +71,6 @@ __all__ = [
     "JointLSTMCell",
     "VGG16Features",
     "Fusion",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "VGG16_TAPS",
     "attention_lstm",
     "attention_lstm_tiny",
@@ -82,10 +80,6 @@ __all__ = [
 ]
 
 Fusion = Literal["early", "late"]
-
-# Statistics VGG16 checkpoints (torchvision and Caffe ports alike) were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # VGG16 configuration "D": conv widths, "M" = 2x2 max pool. pool5 is not needed (deepest tap is
 # conv5_3), so it is left out.
@@ -631,12 +625,11 @@ class AttentionLSTM(nn.Module):
         return self(x, return_aux=True)
 
 
-def _build(defaults: dict[str, Any], overrides: dict[str, Any]) -> AttentionLSTM:
-    return AttentionLSTM(**{**defaults, **overrides})
+def _build(spec: VariantSpec, arch: dict[str, Any], kwargs: dict[str, Any]) -> AttentionLSTM:
+    return AttentionLSTM(input_size=spec.input_size, **{**arch, **kwargs})
 
 
 _PAPER: dict[str, Any] = {
-    "input_size": (224, 224),
     "vgg_width": 1.0,
     "conv3d_channels": 256,
     "lstm_hidden": 1024,
@@ -645,7 +638,6 @@ _PAPER: dict[str, Any] = {
     "fusion": "late",
 }
 _TINY: dict[str, Any] = {
-    "input_size": (64, 64),
     "vgg_width": 1 / 8,
     # At 64x64, pool4 and conv5_3 are 4x4 grids where a 1 px/frame motion hardly registers;
     # pool3 and pool4 (8x8 and 4x4) keep the paper's "finer level + coarser level" pair at a
@@ -662,7 +654,7 @@ _TINY: dict[str, Any] = {
 
 
 @register_model(
-    defaults=ModelDefaults(
+    spec=VariantSpec(
         family="attention_lstm",
         input_size=(224, 224),
         decode_size=(256, 340),
@@ -670,13 +662,13 @@ _TINY: dict[str, Any] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         sampler="consecutive",
-        sampler_kwargs={"clip_len": 30, "stride": 30},
         aggregator="last_steps_vote",
         aggregator_kwargs={"last": 16},
     )
 )
 def attention_lstm(
     *,
+    spec: VariantSpec,
     num_classes: int = 101,
     fusion: Fusion = "late",
     vgg_weights: str | Path | None = None,
@@ -689,6 +681,7 @@ def attention_lstm(
     better of the two in the paper's Table 4).
 
     Args:
+        spec: The input size to build for (the registry passes it).
         num_classes: Number of action classes.
         fusion: ``"late"`` or ``"early"``.
         vgg_weights: Optional local VGG16 state dict (torchvision layout).
@@ -696,6 +689,7 @@ def attention_lstm(
         **kwargs: Overrides of any other :class:`AttentionLSTM` argument.
     """
     return _build(
+        spec,
         _PAPER,
         {
             "num_classes": num_classes,
@@ -708,7 +702,7 @@ def attention_lstm(
 
 
 @register_model(
-    defaults=ModelDefaults(
+    spec=VariantSpec(
         family="attention_lstm",
         input_size=(64, 64),
         clip_len=8,
@@ -717,13 +711,14 @@ def attention_lstm(
         sampler="consecutive",
         # Every 4th frame: the per-frame VGG sees no motion, so the 3D convs and the LSTM
         # need a visible displacement between steps (adjacent frames stay at chance).
-        sampler_kwargs={"clip_len": 8, "frame_step": 4},
+        sampler_kwargs={"frame_step": 4},
         aggregator="last_steps_vote",
         aggregator_kwargs={"last": 4},
     )
 )
 def attention_lstm_tiny(
     *,
+    spec: VariantSpec,
     num_classes: int = 10,
     fusion: Fusion = "late",
     vgg_weights: str | Path | None = None,
@@ -735,6 +730,7 @@ def attention_lstm_tiny(
     every 4th frame, voted over the last 4 steps.
 
     Args:
+        spec: The input size to build for (the registry passes it).
         num_classes: Number of action classes.
         fusion: ``"late"`` or ``"early"``.
         vgg_weights: Optional local VGG16 state dict (needs ``vgg_width=1.0``).
@@ -742,6 +738,7 @@ def attention_lstm_tiny(
         **kwargs: Overrides of any other :class:`AttentionLSTM` argument.
     """
     return _build(
+        spec,
         _TINY,
         {
             "num_classes": num_classes,

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models._defaults import ModelDefaults
-from models._registry import register_model
+from models.registry import register_model
+from models.spec import VariantSpec
 
 __all__ = ["C3DVLL", "C3D_WIDTHS", "c3d_vll", "c3d_vll_tiny"]
 
@@ -174,51 +174,51 @@ class C3DVLL(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _build(defaults: dict[str, Any], overrides: dict[str, Any]) -> C3DVLL:
-    return C3DVLL(**{**defaults, **overrides})
+_PAPER: dict[str, Any] = {"width": 1.0, "fc_dim": 4096}
+_TINY: dict[str, Any] = {"width": 0.25, "fc_dim": 256, "norm": True}
 
 
-_PAPER = {"width": 1.0, "fc_dim": 4096, "clip_len": 16, "input_size": (112, 112)}
-_TINY = {"width": 0.25, "fc_dim": 256, "clip_len": 16, "input_size": (56, 56), "norm": True}
+def _build(spec: VariantSpec, arch: dict[str, Any], kwargs: dict[str, Any]) -> C3DVLL:
+    return C3DVLL(clip_len=spec.clip_len, input_size=spec.input_size, **{**arch, **kwargs})
 
 
 @register_model(
-    defaults=ModelDefaults(
+    spec=VariantSpec(
         family="c3d_vll",
         input_size=(112, 112),
         decode_size=(128, 171),
         clip_len=16,
         sampler="consecutive",
-        sampler_kwargs={"clip_len": 16, "stride": 16},
         aggregator="majority_vote",
     )
 )
-def c3d_vll(*, num_classes: int = 101, **kwargs: Any) -> C3DVLL:
+def c3d_vll(*, spec: VariantSpec, num_classes: int = 101, **kwargs: Any) -> C3DVLL:
     """The paper's network: widths 64-256, fc 4096, 16x112x112 clips decoded at 128x171.
 
     Args:
+        spec: The clip shape to build for (the registry passes it).
         num_classes: Number of action classes.
         **kwargs: Overrides of any other :class:`C3DVLL` argument (e.g. ``fc_dim=2048``).
     """
-    return _build(_PAPER, {"num_classes": num_classes, **kwargs})
+    return _build(spec, _PAPER, {"num_classes": num_classes, **kwargs})
 
 
 @register_model(
-    defaults=ModelDefaults(
+    spec=VariantSpec(
         family="c3d_vll",
         input_size=(56, 56),
         decode_size=(64, 64),
         clip_len=16,
         sampler="consecutive",
-        sampler_kwargs={"clip_len": 16, "stride": 16},
         aggregator="majority_vote",
     )
 )
-def c3d_vll_tiny(*, num_classes: int = 10, **kwargs: Any) -> C3DVLL:
+def c3d_vll_tiny(*, spec: VariantSpec, num_classes: int = 10, **kwargs: Any) -> C3DVLL:
     """A CPU-sized variant for 64x64 synthetic videos: width 1/4, fc 256, 16x56x56 clips, BN.
 
     Args:
+        spec: The clip shape to build for (the registry passes it).
         num_classes: Number of action classes.
         **kwargs: Overrides of any other :class:`C3DVLL` argument.
     """
-    return _build(_TINY, {"num_classes": num_classes, **kwargs})
+    return _build(spec, _TINY, {"num_classes": num_classes, **kwargs})

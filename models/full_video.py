@@ -25,12 +25,13 @@ number of segments from its input; convolutions see ``(N * T, C, H, W)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from models._defaults import ModelDefaults
-from models._registry import register_model
+from models.registry import register_model
+from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
 from models.clustering import (
     CLUSTERING_MODES,
     assign_clusters,
@@ -39,8 +40,6 @@ from models.clustering import (
 )
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "BACKBONES",
     "temporal_shift",
     "BasicBlock",
@@ -54,10 +53,6 @@ __all__ = [
     "full_video_tiny_tsm",
     "full_video_tiny_tsm_all",
 ]
-
-# TSM's input statistics (ImageNet), on the [0, 1] scale.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def temporal_shift(x: Tensor, fold_div: int = 8) -> Tensor:
@@ -297,37 +292,6 @@ class FullVideoNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _whole_video(input_size: tuple[int, int], num_clusters: int, **kwargs: object) -> ModelDefaults:
-    return ModelDefaults(
-        family="full_video",
-        input_size=input_size,
-        clip_len=0,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        sampler="all",
-        # Short videos are padded by repeating the last frame, as in the paper's training.
-        sampler_kwargs={"min_frames": num_clusters},
-        aggregator="mean_prob",
-        **kwargs,
-    )
-
-
-def _uniform_segments(
-    input_size: tuple[int, int], num_segments: int, **kwargs: object
-) -> ModelDefaults:
-    return ModelDefaults(
-        family="full_video",
-        input_size=input_size,
-        clip_len=0,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        sampler="uniform",
-        sampler_kwargs={"num_segments": num_segments},
-        aggregator="mean_prob",
-        **kwargs,
-    )
-
-
 # Paper scale: frames decoded at 256x340 (the common UCF101/Kinetics working size), 224 centre crop.
 _PAPER_SIZE = (224, 224)
 _PAPER_DECODE = (256, 340)
@@ -335,121 +299,113 @@ _PAPER_DECODE = (256, 340)
 _TINY_SIZE = (64, 64)
 
 
-@register_model(defaults=_whole_video(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+def _spec(sampler: str, input_size: tuple[int, int], segments: int, **kwargs: Any) -> VariantSpec:
+    # "all": every frame, padded by repeating the last one up to ``segments`` frames (the
+    # paper's training pads short videos so that g clusters exist); "uniform": TSM-k.
+    return VariantSpec(
+        family="full_video",
+        input_size=input_size,
+        segments=segments,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        sampler=sampler,
+        aggregator="mean_prob",
+        **kwargs,
+    )
+
+
+def _net(spec: VariantSpec, clustering: str, kwargs: dict[str, Any]) -> FullVideoNet:
+    # The clustering variants reduce to ``spec.segments`` cluster means; a TSM baseline
+    # (clustering "none") takes whatever frames the sampler gives.
+    num_clusters = spec.segments if clustering != "none" else 1
+    return FullVideoNet(num_clusters=num_clusters, clustering=clustering, **kwargs)
+
+
+@register_model(spec=_spec("all", _PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
 def full_video(
-    *,
-    num_classes: int = 101,
-    num_clusters: int = 8,
-    clustering: str = "cumulative",
-    backbone: str = "resnet18",
-    width: int | None = None,
-    dropout: float = 0.5,
+    *, spec: VariantSpec, num_classes: int = 101, clustering: str = "cumulative", **kwargs: Any
 ) -> FullVideoNet:
-    """The paper's method on TSM ResNet-18 (its Move4MNIST/Breakfast setting), all frames, g = 8."""
-    return FullVideoNet(
-        num_classes=num_classes,
-        backbone=backbone,
-        width=width,
-        num_clusters=num_clusters,
-        clustering=clustering,
-        dropout=dropout,
-    )
+    """The paper's method on TSM ResNet-18 (its Move4MNIST/Breakfast setting), all frames, g = 8.
+
+    Args:
+        spec: ``segments`` is g, the number of clusters (the registry passes it).
+        num_classes: Number of action classes.
+        clustering: ``cumulative``, ``slope`` or ``uniform`` (``none``: plain TSM).
+        **kwargs: Other :class:`FullVideoNet` arguments (``backbone``, ``width``,
+            ``dropout``, ``shift_div``).
+    """
+    kwargs.setdefault("backbone", "resnet18")
+    return _net(spec, clustering, {"num_classes": num_classes, "dropout": 0.5, **kwargs})
 
 
-@register_model(defaults=_whole_video(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+@register_model(spec=_spec("all", _PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
 def full_video_r50(
-    *,
-    num_classes: int = 101,
-    num_clusters: int = 8,
-    clustering: str = "cumulative",
-    dropout: float = 0.5,
+    *, spec: VariantSpec, num_classes: int = 101, clustering: str = "cumulative", **kwargs: Any
 ) -> FullVideoNet:
-    """The paper's method on TSM ResNet-50 (its UCF101/HMDB51/Something-Something setting)."""
-    return FullVideoNet(
-        num_classes=num_classes,
-        backbone="resnet50",
-        num_clusters=num_clusters,
-        clustering=clustering,
-        dropout=dropout,
-    )
+    """The paper's method on TSM ResNet-50 (its UCF101/HMDB51/Something-Something setting).
+
+    Args as in :func:`full_video`.
+    """
+    kwargs.setdefault("backbone", "resnet50")
+    return _net(spec, clustering, {"num_classes": num_classes, "dropout": 0.5, **kwargs})
 
 
-@register_model(defaults=_whole_video(_TINY_SIZE, 8))
+@register_model(spec=_spec("all", _TINY_SIZE, 8))
 def full_video_tiny(
-    *,
-    num_classes: int = 4,
-    num_clusters: int = 8,
-    clustering: str = "cumulative",
-    width: int | None = None,
-    dropout: float = 0.2,
+    *, spec: VariantSpec, num_classes: int = 4, clustering: str = "cumulative", **kwargs: Any
 ) -> FullVideoNet:
-    """Narrow ResNet-18 (base width 16) on 64x64 frames, g = 8: Move4Digits on a CPU."""
-    return FullVideoNet(
-        num_classes=num_classes,
-        backbone="resnet18_narrow",
-        width=width,
-        num_clusters=num_clusters,
-        clustering=clustering,
-        dropout=dropout,
-    )
+    """Narrow ResNet-18 (base width 16) on 64x64 frames, g = 8: Move4Digits on a CPU.
+
+    Args as in :func:`full_video`.
+    """
+    kwargs.setdefault("backbone", "resnet18_narrow")
+    return _net(spec, clustering, {"num_classes": num_classes, "dropout": 0.2, **kwargs})
 
 
-@register_model(defaults=_uniform_segments(_PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
-def full_video_tsm(
-    *,
-    num_classes: int = 101,
-    backbone: str = "resnet18",
-    dropout: float = 0.5,
-) -> FullVideoNet:
-    """Baseline TSM-k: TSM on k = 8 uniformly sampled frames (TSN sampling; change k through
-    the sampler's ``num_segments``)."""
-    return FullVideoNet(
-        num_classes=num_classes, backbone=backbone, clustering="none", dropout=dropout
-    )
+@register_model(spec=_spec("uniform", _PAPER_SIZE, 8, decode_size=_PAPER_DECODE))
+def full_video_tsm(*, spec: VariantSpec, num_classes: int = 101, **kwargs: Any) -> FullVideoNet:
+    """Baseline TSM-k: TSM on k = ``spec.segments`` = 8 uniformly sampled frames (TSN sampling).
+
+    Args:
+        spec: ``segments`` is k (the registry passes it).
+        num_classes: Number of action classes.
+        **kwargs: Other :class:`FullVideoNet` arguments.
+    """
+    kwargs.setdefault("backbone", "resnet18")
+    return _net(spec, "none", {"num_classes": num_classes, "dropout": 0.5, **kwargs})
 
 
-@register_model(defaults=_whole_video(_PAPER_SIZE, 1, decode_size=_PAPER_DECODE))
+@register_model(spec=_spec("all", _PAPER_SIZE, 1, decode_size=_PAPER_DECODE))
 def full_video_tsm_all(
-    *,
-    num_classes: int = 101,
-    backbone: str = "resnet18",
-    dropout: float = 0.5,
+    *, spec: VariantSpec, num_classes: int = 101, **kwargs: Any
 ) -> FullVideoNet:
-    """Baseline "TSM all": TSM on every frame of the video, no clustering."""
-    return FullVideoNet(
-        num_classes=num_classes, backbone=backbone, clustering="none", dropout=dropout
-    )
+    """Baseline "TSM all": TSM on every frame of the video, no clustering.
+
+    Args as in :func:`full_video_tsm`.
+    """
+    kwargs.setdefault("backbone", "resnet18")
+    return _net(spec, "none", {"num_classes": num_classes, "dropout": 0.5, **kwargs})
 
 
-@register_model(defaults=_uniform_segments(_TINY_SIZE, 8))
+@register_model(spec=_spec("uniform", _TINY_SIZE, 8))
 def full_video_tiny_tsm(
-    *,
-    num_classes: int = 4,
-    width: int | None = None,
-    dropout: float = 0.2,
+    *, spec: VariantSpec, num_classes: int = 4, **kwargs: Any
 ) -> FullVideoNet:
-    """CPU-scale TSM-k baseline (k = 8 uniformly sampled frames) for Move4Digits."""
-    return FullVideoNet(
-        num_classes=num_classes,
-        backbone="resnet18_narrow",
-        width=width,
-        clustering="none",
-        dropout=dropout,
-    )
+    """CPU-scale TSM-k baseline (k = 8 uniformly sampled frames) for Move4Digits.
+
+    Args as in :func:`full_video_tsm`.
+    """
+    kwargs.setdefault("backbone", "resnet18_narrow")
+    return _net(spec, "none", {"num_classes": num_classes, "dropout": 0.2, **kwargs})
 
 
-@register_model(defaults=_whole_video(_TINY_SIZE, 1))
+@register_model(spec=_spec("all", _TINY_SIZE, 1))
 def full_video_tiny_tsm_all(
-    *,
-    num_classes: int = 4,
-    width: int | None = None,
-    dropout: float = 0.2,
+    *, spec: VariantSpec, num_classes: int = 4, **kwargs: Any
 ) -> FullVideoNet:
-    """CPU-scale "TSM all" baseline for Move4Digits."""
-    return FullVideoNet(
-        num_classes=num_classes,
-        backbone="resnet18_narrow",
-        width=width,
-        clustering="none",
-        dropout=dropout,
-    )
+    """CPU-scale "TSM all" baseline for Move4Digits.
+
+    Args as in :func:`full_video_tsm`.
+    """
+    kwargs.setdefault("backbone", "resnet18_narrow")
+    return _net(spec, "none", {"num_classes": num_classes, "dropout": 0.2, **kwargs})

@@ -1,38 +1,71 @@
-"""The one path from decoded frames to a video's answer, shared by evaluation and the service.
+"""The one path from a video to its answer, shared by training, evaluation, export and serving.
 
-``frames --sampler--> (N, L) indices --transforms--> (N, 3, L, h, w) --network--> outputs
---aggregator--> VideoScores``. Training evaluation (``training.evaluate``) and every service
-backend call these functions, so a video gets the same answer in both; only the network call
-differs (PyTorch module, ONNX Runtime session, TensorRT engine).
+``video --decode_for--> (T, H, W, 3) uint8 --sample_video--> (N, L) indices
+--inputs_from_indices--> (N, 3, L, h, w) --run_network--> outputs --aggregate_outputs-->
+VideoScores``. Training datasets, ``training.evaluate``, ``export.onnx``'s check on a real
+video, every service backend and the benches call these functions with a model's
+:class:`~models.spec.VariantSpec`; only the network call differs (PyTorch module, ONNX Runtime
+session, TensorRT engine).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from models._defaults import ModelDefaults
 from models.aggregators import VideoScores, aggregate
+from models.spec import VariantSpec
+from video.decode import DecodeLimits, VideoMeta, decode_video
 from video.sampling import sample_indices
 from video.transforms import clips_to_tensor
 
-__all__ = ["decode_size", "sample_video", "prepare_inputs", "run_network", "aggregate_outputs",
-           "predict_frames", "Prediction"]
+__all__ = [
+    "Forward",
+    "Prediction",
+    "aggregate_outputs",
+    "decode_for",
+    "embed_video",
+    "inputs_from_indices",
+    "predict_frames",
+    "prepare_inputs",
+    "run_network",
+    "sample_video",
+]
+
+# A network call: a float32 CPU batch (N, 3, L, h, w) in, the eval-mode outputs out.
+Forward = Callable[[Tensor], Tensor]
 
 
-def decode_size(defaults: ModelDefaults) -> tuple[int, int]:
-    """(height, width) to decode at: ``decode_size`` if set, else the network input size."""
-    return tuple(defaults.decode_size or defaults.input_size)  # type: ignore[return-value]
+def decode_for(
+    source: str | os.PathLike[str] | BinaryIO,
+    spec: VariantSpec,
+    *,
+    limits: DecodeLimits | None = None,
+    threads: int = 2,
+) -> tuple[np.ndarray, VideoMeta]:
+    """Decode a video at the size the model's spec asks for (see :meth:`VariantSpec.decode_hw`).
+
+    Args:
+        source: A path or a binary file object.
+        spec: The model's spec.
+        limits: Caps on frames, duration, pixels and bytes (``None``: the decoder's defaults).
+        threads: FFmpeg decoder threads (capped at 16).
+
+    Raises:
+        video.errors.VideoError: For anything that is not a decodable video within ``limits``.
+    """
+    return decode_video(source, size=spec.decode_hw(), limits=limits, threads=threads)
 
 
 def sample_video(
     frames: np.ndarray,
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     *,
     train: bool = False,
     rng: np.random.Generator | None = None,
@@ -40,13 +73,31 @@ def sample_video(
 ) -> np.ndarray:
     """The ``(N, L)`` frame indices the family's sampler picks, capped to ``max_inputs`` rows
     (evenly spaced) when that is positive."""
-    return sample_indices(defaults.sampler, frames, train=train, rng=rng, max_inputs=max_inputs,
-                          **defaults.sampler_kwargs)
+    return sample_indices(
+        spec.sampler, frames, train=train, rng=rng, max_inputs=max_inputs, **spec.sampler_args()
+    )
+
+
+def inputs_from_indices(
+    frames: np.ndarray,
+    indices: np.ndarray,
+    spec: VariantSpec,
+    *,
+    train: bool = False,
+    rng: np.random.Generator | None = None,
+    hflip: bool = False,
+) -> Tensor:
+    """Frames at ``indices`` -> normalised ``(N, 3, L, h, w)`` input, cropped as the spec says
+    (centre crop in evaluation, random crop and optional flip in training)."""
+    return clips_to_tensor(
+        frames, indices, mean=spec.mean, std=spec.std, crop=spec.crop(), train=train, rng=rng,
+        hflip=hflip,
+    )
 
 
 def prepare_inputs(
     frames: np.ndarray,
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     *,
     train: bool = False,
     rng: np.random.Generator | None = None,
@@ -54,36 +105,41 @@ def prepare_inputs(
     hflip: bool = False,
 ) -> Tensor:
     """Decoded ``(T, H, W, 3)`` uint8 frames -> normalised ``(N, 3, L, h, w)`` network input."""
-    indices = sample_video(frames, defaults, train=train, rng=rng, max_inputs=max_inputs)
-    crop = tuple(defaults.input_size) if defaults.decode_size else None
-    return clips_to_tensor(
-        frames, indices, mean=defaults.mean, std=defaults.std, crop=crop, train=train, rng=rng,
-        hflip=hflip,
-    )
+    indices = sample_video(frames, spec, train=train, rng=rng, max_inputs=max_inputs)
+    return inputs_from_indices(frames, indices, spec, train=train, rng=rng, hflip=hflip)
 
 
-def run_network(forward: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int = 16) -> Tensor:
+def run_network(forward: Forward, inputs: Tensor, batch_size: int = 16) -> Tensor:
     """Apply ``forward`` to ``inputs`` in chunks of ``batch_size`` rows and concatenate."""
-    outs = [forward(inputs[i : i + batch_size]) for i in range(0, len(inputs), max(1, batch_size))]
+    step = max(1, batch_size)
+    outs = [forward(inputs[i : i + step]) for i in range(0, len(inputs), step)]
     return torch.cat([o.detach().float().cpu() for o in outs])
+
+
+def embed_video(
+    forward: Forward, frames: np.ndarray, spec: VariantSpec, *, batch_size: int = 16
+) -> np.ndarray:
+    """``(P, D)`` embeddings of one video's inputs (ms3d: one per p(z) walk), as a
+    repository is built from and enrolment adds to."""
+    return run_network(forward, prepare_inputs(frames, spec), batch_size).numpy()
 
 
 def aggregate_outputs(
     outputs: Tensor,
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     *,
     centres: Tensor | None = None,
     gamma: float | None = None,
 ) -> VideoScores:
     """One video's network outputs -> its :class:`VideoScores` by the family's aggregator."""
-    kwargs: dict[str, Any] = dict(defaults.aggregator_kwargs)
-    if defaults.aggregator == "nearest_centre":
+    kwargs: dict[str, Any] = dict(spec.aggregator_kwargs)
+    if spec.aggregator == "nearest_centre":
         if centres is None:
             raise ValueError("the nearest_centre aggregator needs the repository's centres")
         kwargs["centres"] = centres
         if gamma is not None:
             kwargs["gamma"] = gamma
-    return aggregate(defaults.aggregator, outputs, **kwargs)
+    return aggregate(spec.aggregator, outputs, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -96,9 +152,9 @@ class Prediction:
 
 
 def predict_frames(
-    forward: Callable[[Tensor], Tensor],
+    forward: Forward,
     frames: np.ndarray,
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     *,
     batch_size: int = 16,
     max_inputs: int = 0,
@@ -106,7 +162,7 @@ def predict_frames(
     gamma: float | None = None,
 ) -> Prediction:
     """Evaluation-mode answer for decoded frames: sample, normalise, run, aggregate."""
-    inputs = prepare_inputs(frames, defaults, max_inputs=max_inputs)
+    inputs = prepare_inputs(frames, spec, max_inputs=max_inputs)
     outputs = run_network(forward, inputs, batch_size)
-    scores = aggregate_outputs(outputs, defaults, centres=centres, gamma=gamma)
+    scores = aggregate_outputs(outputs, spec, centres=centres, gamma=gamma)
     return Prediction(scores=scores, inputs=len(inputs), outputs=outputs)

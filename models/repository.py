@@ -32,7 +32,7 @@ import safetensors.numpy
 import torch
 from safetensors import safe_open
 
-from models._io import atomic_write_bytes
+from models.fileio import atomic_write_bytes
 from models.aggregators import VideoScores, nearest_centre
 
 __all__ = [

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.bundle import Bundle
+from models.bundle import ONNX_FILE, Bundle, plan_name
 from service.errors import ApiError
 
 __all__ = [
@@ -36,8 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ONNX_FILE = "model.onnx"
 
 
 class BackendUnavailable(RuntimeError):
@@ -98,10 +96,6 @@ def choose_backend(preference: str, offer: Offer) -> str:
 
 def _plan_for_this_gpu(bundle: Bundle) -> bool:
     if not torch.cuda.is_available():
-        return False
-    try:
-        from export.trt_runtime import plan_name
-    except ImportError:
         return False
     return bundle.has(plan_name(torch.cuda.get_device_name()))
 

@@ -17,7 +17,8 @@ from service.metrics import Metrics
 from service.queue import WorkQueue
 from service.settings import Settings
 from service.store import LoadedModel, Outcome
-from video.decode import DecodeLimits, VideoMeta, decode_video
+from models.pipeline import decode_for
+from video.decode import DecodeLimits, VideoMeta
 
 __all__ = ["RecognitionResult", "decode_limits", "embed_job", "recognize_job"]
 
@@ -43,9 +44,8 @@ def _decode(model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue
     with queue.decoding():
         started = time.perf_counter()
         try:
-            frames, meta = decode_video(path, size=model.decode_size(),
-                                        limits=decode_limits(settings),
-                                        threads=settings.decode_threads)
+            frames, meta = decode_for(path, model.spec, limits=decode_limits(settings),
+                                      threads=settings.decode_threads)
         finally:
             path.unlink(missing_ok=True)
         seconds = time.perf_counter() - started

@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.bundle import is_bundle
+
 __all__ = ["FAMILIES", "bundle_name", "main", "prepare"]
 
 log = logging.getLogger("service.quickstart")
@@ -45,7 +47,7 @@ def _ensure_data(data: Path, per_class: int) -> None:
 
 def _ensure_bundle(family: str, data: Path, store: Path, train_args: Sequence[str]) -> Path:
     bundle = store / bundle_name(family, data)
-    if (bundle / "manifest.json").is_file():
+    if is_bundle(bundle):
         log.info("bundle %s is there", bundle)
         return bundle
     cmd = [sys.executable, "-m", "training.run", "--family", family, "--data", str(data),
@@ -56,9 +58,9 @@ def _ensure_bundle(family: str, data: Path, store: Path, train_args: Sequence[st
 
 
 def _ensure_onnx(bundle: Path) -> None:
-    from models.bundle import load_bundle
+    from models.bundle import ONNX_FILE, load_bundle
 
-    if load_bundle(bundle, verify=False).has("model.onnx"):
+    if load_bundle(bundle, verify=False).has(ONNX_FILE):
         return
     try:
         from export.onnx import export_onnx

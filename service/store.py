@@ -1,7 +1,7 @@
 """The served models: bundles loaded from the store, their backends, and MS3D class enrolment.
 
 Recognition is exactly :func:`models.pipeline.predict_frames` with the bundle's stored
-:attr:`~models.bundle.Bundle.defaults` and, for ms3d, the repository's centres and gamma
+:attr:`~models.bundle.Bundle.spec` and, for ms3d, the repository's centres and gamma
 (paper 002_313c25135d55eaeb, Section III.D: nearest centre, ``unknown`` beyond gamma), i.e.
 what ``training.evaluate.evaluate_videos`` computes for the same bundle.
 
@@ -24,26 +24,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from models._defaults import ModelDefaults
 from models.aggregators import VideoScores, topk
-from models.bundle import Bundle, BundleError, add_bundle_file, load_bundle
-from models.pipeline import (
-    Prediction,
-    decode_size,
-    predict_frames,
-    prepare_inputs,
-    run_network,
+from models.bundle import (
+    REPOSITORY_FILE,
+    Bundle,
+    BundleError,
+    add_bundle_file,
+    is_bundle,
+    load_bundle,
 )
+from models.pipeline import Prediction, embed_video, predict_frames
+from models.spec import VariantSpec
 from models.repository import Repository, RepositoryError
 from service.backends import Backend, BackendUnavailable, load_backend
 from service.errors import ApiError
 from service.settings import Settings
 
-__all__ = ["REPOSITORY_FILE", "LoadedModel", "ModelStore", "Outcome", "detail_of"]
+__all__ = ["LoadedModel", "ModelStore", "Outcome", "detail_of"]
 
 log = logging.getLogger(__name__)
 
-REPOSITORY_FILE = "repository.safetensors"
 TOP_K = 5
 
 
@@ -85,8 +85,8 @@ class LoadedModel:
         return self.bundle.family
 
     @property
-    def defaults(self) -> ModelDefaults:
-        return self.bundle.defaults
+    def spec(self) -> VariantSpec:
+        return self.bundle.spec
 
     @property
     def enrollable(self) -> bool:
@@ -98,9 +98,6 @@ class LoadedModel:
         repo = self.repository
         return repo.names if repo is not None else self.bundle.labels
 
-    def decode_size(self) -> tuple[int, int]:
-        return decode_size(self.defaults)
-
     def predict(self, frames: np.ndarray) -> Outcome:
         """The video's answer, through the shared pipeline."""
         repo = self.repository  # one snapshot: enrolment swaps the reference, never edits it
@@ -111,15 +108,14 @@ class LoadedModel:
                 raise ApiError(409, "empty_repository",
                                f"model {self.name!r} has no enrolled class to judge against")
             centres, gamma, labels = repo.centres_tensor(), repo.gamma, repo.names
-        pred = predict_frames(self.backend.forward, frames, self.defaults,
+        pred = predict_frames(self.backend.forward, frames, self.spec,
                               batch_size=self.batch_size, max_inputs=self.max_inputs,
                               centres=centres, gamma=gamma)
         return Outcome(pred, labels, gamma)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """``(P, D)`` walk embeddings of one video, as the repository was built in training."""
-        inputs = prepare_inputs(frames, self.defaults)
-        return run_network(self.backend.forward, inputs, self.batch_size).numpy()
+        return embed_video(self.backend.forward, frames, self.spec, batch_size=self.batch_size)
 
     def enrol(self, label: str, embeddings: list[np.ndarray]) -> tuple[bool, int]:
         """Add class ``label`` from per-video embeddings, or fold them into its centre.
@@ -167,7 +163,7 @@ class LoadedModel:
         self.repository = edited
 
     def describe(self, default: bool) -> dict[str, Any]:
-        d = self.defaults
+        d = self.spec
         info: dict[str, Any] = {
             "name": self.name,
             "family": self.family,
@@ -176,11 +172,11 @@ class LoadedModel:
             "backend_info": self.backend.info,
             "default": default,
             "labels": self.labels,
-            "sampler": {"name": d.sampler, **dict(d.sampler_kwargs)},
+            "sampler": {"name": d.sampler, **d.sampler_args()},
             "aggregator": {"name": d.aggregator, **dict(d.aggregator_kwargs)},
             "input_size": list(d.input_size),
-            "decode_size": list(self.decode_size()),
-            "clip_len": d.clip_len,
+            "decode_size": list(d.decode_hw()),
+            "clip_len": d.input_frames,
             "enrollable": self.enrollable,
         }
         if self.repository is not None:
@@ -192,11 +188,11 @@ def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def detail_of(outcome: Outcome, defaults: ModelDefaults) -> dict[str, Any]:
+def detail_of(outcome: Outcome, spec: VariantSpec) -> dict[str, Any]:
     """The family detail of a recognition answer (votes per clip, or distances)."""
     s: VideoScores = outcome.prediction.scores
     labels = outcome.labels
-    detail: dict[str, Any] = {"aggregator": defaults.aggregator}
+    detail: dict[str, Any] = {"aggregator": spec.aggregator}
     if s.input_pred is not None:
         detail["clip_predictions"] = [labels[i] for i in s.input_pred.tolist()]
     if s.votes is not None:
@@ -212,10 +208,10 @@ def detail_of(outcome: Outcome, defaults: ModelDefaults) -> dict[str, Any]:
 
 def _warm_up(model: LoadedModel) -> None:
     """One dummy inference so the first request does not pay for lazy initialisation."""
-    d = model.defaults
-    height, width = model.decode_size()
+    d = model.spec
+    height, width = d.decode_hw()
     frames = np.random.default_rng(0).integers(
-        0, 256, size=(max(2 * d.clip_len, 32), height, width, 3), dtype=np.uint8)
+        0, 256, size=(max(2 * d.input_frames, 32), height, width, 3), dtype=np.uint8)
     model.embed(frames)
 
 
@@ -269,7 +265,7 @@ class ModelStore:
         store = Path(self.settings.store)
         if not store.is_dir():
             return []
-        return sorted(p for p in store.iterdir() if (p / "manifest.json").is_file())
+        return sorted(p for p in store.iterdir() if is_bundle(p))
 
     def load_all(self) -> None:
         """Load and warm every bundle; failures are logged and listed, never half-loaded."""
@@ -303,14 +299,13 @@ class ModelStore:
         preference = s.model_backends.get(bundle.name, s.backend)
         backend = load_backend(bundle, preference, device=s.device, threads=s.compute_threads)
         repository = None
-        if bundle.defaults.aggregator == "nearest_centre":
+        if bundle.spec.aggregator == "nearest_centre":
             repository = Repository.load(bundle.file(REPOSITORY_FILE))
-        eval_cap = int(bundle.manifest.get("config", {}).get("eval_max_clips", 0) or 0)
         return LoadedModel(
             name=bundle.name,
             bundle=bundle,
             backend=backend,
             batch_size=s.batch_size,
-            max_inputs=s.max_clips or eval_cap,
+            max_inputs=s.max_clips or bundle.eval_max_clips,
             repository=repository,
         )

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models import get_defaults
+from models import get_spec
+from models.pipeline import sample_video
 from models.attention_lstm import (
     AttentionLSTM,
     AttentionLSTMOutput,
@@ -47,13 +48,15 @@ def _clips(n: int = 2, t: int = 6, size: int = 64) -> torch.Tensor:
 
 
 def test_defaults_follow_the_paper_and_the_tiny_setting() -> None:
-    paper, tiny = get_defaults("attention_lstm"), get_defaults("attention_lstm_tiny")
+    paper, tiny = get_spec("attention_lstm"), get_spec("attention_lstm_tiny")
     assert paper.family == tiny.family == "attention_lstm"
     assert (paper.clip_len, paper.input_size) == (30, (224, 224))
-    assert paper.sampler == "consecutive" and paper.sampler_kwargs == {"clip_len": 30, "stride": 30}
+    assert paper.sampler == "consecutive" and paper.sampler_args() == {"clip_len": 30}
+    # Non-overlapping 30-frame clips (stride 30).
+    assert sample_video(np.zeros((60, 1, 1, 3), np.uint8), paper)[:, 0].tolist() == [0, 30]
     assert paper.aggregator == "last_steps_vote" and paper.aggregator_kwargs == {"last": 16}
     assert (tiny.clip_len, tiny.input_size, tiny.aggregator_kwargs) == (8, (64, 64), {"last": 4})
-    assert tiny.sampler_kwargs == {"clip_len": 8, "frame_step": 4}
+    assert tiny.sampler_args() == {"clip_len": 8, "frame_step": 4}
 
 
 def test_paper_variant_structure_on_meta_device() -> None:

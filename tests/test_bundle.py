@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import create_model, get_defaults
-from models._io import atomic_write, atomic_write_bytes, sha256_file
+from models import create_model, get_spec
+from models.fileio import atomic_write, atomic_write_bytes, sha256_file
 from models.bundle import BundleError, add_bundle_file, load_bundle, write_bundle
 
 
@@ -23,7 +23,7 @@ def _bundle(tmp_path: Path):
         model_kwargs={"num_classes": 3},
         family="c3d_vll",
         labels=["a", "b", "c"],
-        defaults=get_defaults("c3d_vll_tiny"),
+        spec=get_spec("c3d_vll_tiny"),
         config={"lr": 0.1},
         metrics={"top1": 0.5},
     )
@@ -35,9 +35,9 @@ def test_roundtrip_rebuilds_same_network(tmp_path: Path) -> None:
     loaded = load_bundle(bundle.path)
     assert loaded.labels == ["a", "b", "c"]
     assert loaded.family == "c3d_vll"
-    assert loaded.defaults == get_defaults("c3d_vll_tiny")
-    d = loaded.defaults
-    x = torch.randn(2, 3, d.clip_len, *d.input_size)
+    assert loaded.spec == get_spec("c3d_vll_tiny")
+    d = loaded.spec
+    x = torch.randn(2, 3, d.input_frames, *d.input_size)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.build_model()(x), model(x))

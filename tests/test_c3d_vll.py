@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
-from models import create_model, get_defaults
+from models import create_model, get_spec
+from models.pipeline import sample_video
 from models.c3d_vll import C3DVLL, c3d_vll, c3d_vll_tiny
 
 
@@ -97,9 +99,11 @@ def test_wrong_input_size_is_a_clear_error():
 def test_registered_with_defaults():
     assert isinstance(create_model("c3d_vll_tiny", num_classes=4), C3DVLL)
     for name, size in (("c3d_vll", (112, 112)), ("c3d_vll_tiny", (56, 56))):
-        d = get_defaults(name)
+        d = get_spec(name)
         assert d.family == "c3d_vll"
         assert d.input_size == size and d.clip_len == 16
-        assert d.sampler == "consecutive" and d.sampler_kwargs == {"clip_len": 16, "stride": 16}
+        assert d.sampler == "consecutive" and d.sampler_args() == {"clip_len": 16}
+        # Non-overlapping 16-frame clips (stride 16); a short tail is dropped.
+        assert sample_video(np.zeros((40, 1, 1, 3), np.uint8), d)[:, 0].tolist() == [0, 16]
         assert d.aggregator == "majority_vote"
-    assert get_defaults("c3d_vll").decode_size == (128, 171)
+    assert get_spec("c3d_vll").decode_size == (128, 171)

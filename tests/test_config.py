@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from models.pipeline import sample_video
 from training.config import PRESETS, TrainConfig, apply_preset, config_from_dict, parse_config
 
 
@@ -65,11 +67,12 @@ def test_clip_overrides_reach_the_sampler() -> None:
     base = ["--data", "x", "--preset", "demo"]
     # frame_step alone: clips of the default length, dilated, non-overlapping (span 3*15+1).
     task = make_task(parse_config([*base, "--family", "c3d_vll", "--frame-step", "3"]), ["a", "b"])
-    d = task.defaults()
-    assert d.sampler_kwargs == {"clip_len": 16, "stride": 46, "frame_step": 3}
+    d = task.spec()
+    assert d.sampler_args() == {"clip_len": 16, "frame_step": 3}
+    assert sample_video(np.zeros((100, 1, 1, 3), np.uint8), d)[:, 0].tolist() == [0, 46]
     # An explicit stride wins; the vote window of attention_lstm never exceeds the clip.
     task = make_task(parse_config([*base, "--family", "attention_lstm", "--clip-len", "4",
                                    "--clip-stride", "2", "--frame-step", "2"]), ["a", "b"])
-    d = task.defaults()
-    assert (d.clip_len, d.sampler_kwargs["stride"], d.sampler_kwargs["frame_step"]) == (4, 2, 2)
+    d = task.spec()
+    assert (d.clip_len, d.sampler_args()["stride"], d.sampler_args()["frame_step"]) == (4, 2, 2)
     assert d.aggregator_kwargs["last"] <= 4

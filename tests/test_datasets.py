@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models._defaults import ModelDefaults
+from models.spec import VariantSpec
 from training.datasets import (
     ClipDataset,
     DatasetError,
@@ -19,7 +19,6 @@ from training.datasets import (
     VideoItem,
     VideoLoadError,
     collate_videos,
-    dataset_options,
     detect_layout,
     load_dataset,
     load_hmdb51,
@@ -248,8 +247,10 @@ def test_validate_all_bad_is_an_empty_split(mixed_entries):
 # --------------------------------------------------------------------------- torch datasets
 
 
-def _consecutive(**kw) -> dict:
-    return dict(sampler="consecutive", sampler_kwargs={"clip_len": 8}, mean=MEAN, std=STD, **kw)
+def _spec(sampler: str = "consecutive", size=(32, 32), decode_size=None, **shape) -> VariantSpec:
+    shape = shape or {"clip_len": 8}
+    return VariantSpec(family="c3d_vll", input_size=size, decode_size=decode_size, mean=MEAN,
+                       std=STD, sampler=sampler, **shape)
 
 
 def test_video_dataset_shapes_and_labels(m4d: Path):
@@ -257,7 +258,7 @@ def test_video_dataset_shapes_and_labels(m4d: Path):
     assert splits.classes == ["move_up", "move_down", "move_left", "move_right"]
     assert [e.label for e in splits.train] == [0, 1, 2, 3]
     assert [e.label for e in splits.test] == [0, 1, 2, 3]
-    ds = VideoDataset(splits.test, **_consecutive(decode_size=(32, 32), crop=(28, 28)))
+    ds = VideoDataset(splits.test, spec=_spec(size=(28, 28), decode_size=(32, 32)))
     assert len(ds) == 4
     for i in range(4):
         item = ds[i]
@@ -269,30 +270,29 @@ def test_video_dataset_shapes_and_labels(m4d: Path):
     want = torch.from_numpy(frames[consecutive_clips(16, 8)][:, :, 2:30, 2:30]).float() / 255
     want = (want.permute(0, 4, 1, 2, 3) - 0.5) / 0.25
     torch.testing.assert_close(ds[1].clips, want)
-    capped = VideoDataset(splits.test, **_consecutive(max_clips=1))
+    capped = VideoDataset(splits.test, spec=_spec(), max_clips=1)
     assert capped[0].clips.shape == (1, 3, 8, 32, 32)
 
 
 @pytest.mark.parametrize(
     ("sampler", "kwargs", "shape"),
     [
-        ("uniform", {"num_segments": 4}, (1, 3, 4, 32, 32)),
-        ("pz", {"sizes": (2, 3, 4), "walks": 2}, (2, 3, 9, 32, 32)),
-        ("all", {"min_frames": 20}, (1, 3, 20, 32, 32)),
+        ("uniform", {"segments": 4}, (1, 3, 4, 32, 32)),
+        ("pz", {"pathways": (2, 3, 4), "sampler_kwargs": {"walks": 2}}, (2, 3, 9, 32, 32)),
+        ("all", {"segments": 20}, (1, 3, 20, 32, 32)),
     ],
 )
 def test_video_dataset_other_samplers(m4d: Path, sampler, kwargs, shape):
     entries = load_dataset(m4d).train
-    ds = VideoDataset(
-        entries, sampler=sampler, sampler_kwargs=kwargs, mean=MEAN, std=STD, train=True
-    )
+    ds = VideoDataset(entries, spec=_spec(sampler, **kwargs), train=True)
     assert ds[2].clips.shape == shape and ds[2].label == 2
 
 
 def test_training_randomness_is_seeded_per_epoch(m4d: Path):
     entries = load_dataset(m4d).train
-    kw = dict(sampler="pz", sampler_kwargs={"sizes": (3,), "walks": 1}, mean=MEAN, std=STD,
-              crop=(24, 24), train=True, seed=5)
+    spec = _spec("pz", size=(24, 24), decode_size=(32, 32), pathways=(3,),
+                 sampler_kwargs={"walks": 1})
+    kw = dict(spec=spec, train=True, seed=5)
     a, b = VideoDataset(entries, **kw), VideoDataset(entries, **kw)
     assert torch.equal(a[0].clips, b[0].clips)
     different = []
@@ -307,20 +307,16 @@ def test_training_randomness_is_seeded_per_epoch(m4d: Path):
     assert torch.equal(first, ev[0].clips)
 
 
-def test_from_defaults_matches_the_serving_pipeline(m4d: Path):
-    from models.pipeline import decode_size, prepare_inputs
+def test_dataset_matches_the_serving_pipeline(m4d: Path):
+    from models.pipeline import decode_for, prepare_inputs
 
-    defaults = ModelDefaults(
-        family="c3d_vll", input_size=(24, 24), decode_size=(32, 32), clip_len=8,
-        sampler_kwargs={"clip_len": 8},
-    )
-    options = dataset_options(defaults)
-    assert options["sampler_kwargs"] == {"clip_len": 8}
-    assert options["decode_size"] == (32, 32) and options["crop"] == (24, 24)
+    spec = VariantSpec(family="c3d_vll", input_size=(24, 24), decode_size=(32, 32), clip_len=8)
+    assert spec.sampler_args() == {"clip_len": 8}
+    assert spec.decode_hw() == (32, 32) and spec.crop() == (24, 24)
     entry = load_dataset(m4d).test[3]
-    item = VideoDataset.from_defaults([entry], defaults)[0]
-    frames, _ = decode_video(entry.path, size=decode_size(defaults))
-    torch.testing.assert_close(item.clips, prepare_inputs(frames, defaults))
+    item = VideoDataset([entry], spec=spec)[0]
+    frames, _ = decode_for(entry.path, spec)
+    torch.testing.assert_close(item.clips, prepare_inputs(frames, spec))
 
 
 def test_collate_videos():
@@ -336,7 +332,7 @@ def test_collate_videos():
 
 
 def test_video_dataset_in_a_dataloader(m4d: Path):
-    ds = VideoDataset(load_dataset(m4d).train, **_consecutive())
+    ds = VideoDataset(load_dataset(m4d).train, spec=_spec())
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate_videos)
     batches = list(loader)
     assert [len(b.labels) for b in batches] == [3, 1]
@@ -345,12 +341,12 @@ def test_video_dataset_in_a_dataloader(m4d: Path):
 
 def test_clip_dataset_random_mode(m4d: Path):
     entries = load_dataset(m4d).train
-    ds = ClipDataset(entries, clips_per_video=2, train=True, seed=1, **_consecutive())
+    ds = ClipDataset(entries, clips_per_video=2, train=True, seed=1, spec=_spec())
     assert len(ds) == 8
     item = ds[5]
     assert item.clip.shape == (3, 8, 32, 32) and item.label == 2 and item.index == 2
     # The clip is one of the video's two clips; over epochs both get drawn.
-    whole = VideoDataset(entries, **_consecutive())[0].clips
+    whole = VideoDataset(entries, spec=_spec())[0].clips
     seen = set()
     for epoch in range(8):
         ds.set_epoch(epoch)
@@ -361,12 +357,12 @@ def test_clip_dataset_random_mode(m4d: Path):
 
 def test_clip_dataset_all_mode(m4d: Path):
     entries = load_dataset(m4d).test
-    ds = ClipDataset(entries, mode="all", **_consecutive())  # probes the frame counts
+    ds = ClipDataset(entries, mode="all", spec=_spec())  # probes the frame counts
     assert len(ds) == 8 and ds.pairs[:3] == [(0, 0), (0, 1), (1, 0)]
-    whole = VideoDataset(entries, **_consecutive())[1].clips
+    whole = VideoDataset(entries, spec=_spec())[1].clips
     assert torch.equal(ds[3].clip, whole[1]) and ds[3].label == 1 and ds[3].index == 1
     # Given counts: 20 frames with clips of 8 -> 2 clips; 7 frames -> 1 padded clip.
-    given = ClipDataset(entries[:2], mode="all", frame_counts=[20, 7], **_consecutive())
+    given = ClipDataset(entries[:2], mode="all", frame_counts=[20, 7], spec=_spec())
     assert given.pairs == [(0, 0), (0, 1), (1, 0)]
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch.clip.shape == (4, 3, 8, 32, 32) and batch.label.tolist() == [0, 0, 1, 1]
@@ -377,15 +373,15 @@ def test_failing_video_is_skipped_and_counted(m4d: Path, tmp_path: Path, caplog)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 64)
     entries = [good[0], VideoEntry(broken, 1), good[2]]
-    ds = VideoDataset(entries, **_consecutive())
+    ds = VideoDataset(entries, spec=_spec())
     with caplog.at_level(logging.WARNING, logger="training.datasets"):
         item = ds[1]
     assert item.index == 2 and item.label == 2  # the next readable video
     assert list(ds.failures) == [broken] and str(broken) in caplog.text
     assert ds[1].index == 2 and len(ds.failures) == 1  # a known failure is not retried
-    strict = VideoDataset(entries, **_consecutive(skip_errors=False))
+    strict = VideoDataset(entries, spec=_spec(), skip_errors=False)
     with pytest.raises(VideoLoadError) as err:
         strict[1]
     assert err.value.path == broken and str(broken) in str(err.value)
     with pytest.raises(RuntimeError, match="no readable video"):
-        VideoDataset([VideoEntry(broken, 0)], **_consecutive())[0]
+        VideoDataset([VideoEntry(broken, 0)], spec=_spec())[0]

@@ -24,8 +24,8 @@ from export.onnx import (
     onnx_forward,
     temporal_cluster_function,
 )
-from models import create_model, get_defaults
-from models._io import sha256_file
+from models import create_model, get_spec
+from models.fileio import sha256_file
 from models.bundle import Bundle, load_bundle, write_bundle
 from models.clustering import temporal_cluster
 
@@ -49,7 +49,7 @@ def _one_thread():
 
 def _bundle(directory: Path, name: str, kwargs: dict) -> Bundle:
     torch.manual_seed(0)
-    defaults = get_defaults(name)
+    defaults = get_spec(name)
     model = create_model(name, **kwargs)
     return write_bundle(
         directory / name,
@@ -58,7 +58,7 @@ def _bundle(directory: Path, name: str, kwargs: dict) -> Bundle:
         model_kwargs=kwargs,
         family=defaults.family,
         labels=[f"c{i}" for i in range(kwargs.get("num_classes", 4))],
-        defaults=defaults,
+        spec=defaults,
     )
 
 
@@ -159,8 +159,8 @@ def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, kwa
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "clips"
 
     # A batch size the export never saw, through a fresh session.
-    defaults = bundle.defaults
-    length = defaults.clip_len or 11
+    defaults = bundle.spec
+    length = defaults.input_frames or 11
     x = torch.randn(1, 3, length, *defaults.input_size, generator=torch.Generator().manual_seed(5))
     model = bundle.build_model()
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_full_video_graph_holds_one_cluster_node_backed_by_function(full_video_b
 def test_full_video_dynamic_frames_through_one_file(full_video_bundle: Bundle) -> None:
     forward = onnx_forward(full_video_bundle.path / "model.onnx")
     model = full_video_bundle.build_model()
-    h, w = full_video_bundle.defaults.input_size
+    h, w = full_video_bundle.spec.input_size
     generator = torch.Generator().manual_seed(3)
     for frames in (9, 32, 100):
         x = torch.randn(1, 3, frames, h, w, generator=generator)
@@ -243,6 +243,6 @@ def test_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_onnx_forward_returns_float32_tensor(full_video_bundle: Bundle) -> None:
-    x = np.zeros((1, 3, 4, *full_video_bundle.defaults.input_size), dtype=np.float32)
+    x = np.zeros((1, 3, 4, *full_video_bundle.spec.input_size), dtype=np.float32)
     out = onnx_forward(full_video_bundle.path / "model.onnx", threads=1)(torch.from_numpy(x))
     assert out.dtype == torch.float32 and out.shape == (1, 4)

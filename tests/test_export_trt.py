@@ -116,15 +116,15 @@ def test_kernel_runs_on_an_external_stream() -> None:
 
 def _exported_bundle(directory: Path, name: str) -> object:
     from export.onnx import export_onnx
-    from models import create_model, get_defaults
+    from models import create_model, get_spec
     from models.bundle import write_bundle
 
     torch.manual_seed(0)
-    defaults = get_defaults(name)
+    defaults = get_spec(name)
     model = create_model(name, num_classes=4)
     bundle = write_bundle(
         directory / name, model=model, model_name=name, model_kwargs={"num_classes": 4},
-        family=defaults.family, labels=list("abcd"), defaults=defaults,
+        family=defaults.family, labels=list("abcd"), spec=defaults,
     )
     return export_onnx(bundle)
 
@@ -145,8 +145,8 @@ def test_engine_matches_pytorch(tmp_path: Path, name: str) -> None:
     register()  # idempotent
     engine = TrtEngine(bundle)
     model = bundle.build_model()
-    defaults = bundle.defaults
-    for frames in ((9, 32, 64) if not defaults.clip_len else (defaults.clip_len,)):
+    defaults = bundle.spec
+    for frames in ((9, 32, 64) if not defaults.input_frames else (defaults.input_frames,)):
         x = torch.randn(2, 3, frames, *defaults.input_size)
         with torch.no_grad():
             expected = model(x)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import models.full_video  # noqa: F401  (registers the variants)
-from models._registry import create_model, get_defaults, list_models
+from models.registry import create_model, get_spec, list_models
 from models.clustering import assign_clusters, cluster_means, hamming_distances
 from models.full_video import BasicBlock, Bottleneck, FullVideoNet, temporal_shift
 
@@ -27,9 +27,10 @@ VARIANTS = [
 ]
 
 
-def tiny(**kwargs) -> FullVideoNet:
+def tiny(num_clusters: int = 8, **kwargs) -> FullVideoNet:
     torch.manual_seed(0)
-    return create_model("full_video_tiny", **kwargs)
+    spec = get_spec("full_video_tiny").replace(segments=num_clusters)
+    return create_model("full_video_tiny", spec=spec, **kwargs)
 
 
 def video(t: int, size: int = 32, n: int = 1, seed: int = 0) -> torch.Tensor:
@@ -242,13 +243,13 @@ def test_invalid_arguments() -> None:
 def test_registered_variants_and_defaults() -> None:
     assert set(VARIANTS) <= set(list_models())
     for name in VARIANTS:
-        d = get_defaults(name)
-        assert d.family == "full_video" and d.clip_len == 0 and d.aggregator == "mean_prob"
-    assert get_defaults("full_video").sampler == "all"
-    assert get_defaults("full_video").sampler_kwargs == {"min_frames": 8}
-    assert get_defaults("full_video_tsm").sampler == "uniform"
-    assert get_defaults("full_video_tsm").sampler_kwargs == {"num_segments": 8}
-    assert get_defaults("full_video_tiny").input_size == (64, 64)
+        d = get_spec(name)
+        assert d.family == "full_video" and d.input_frames == 0 and d.aggregator == "mean_prob"
+    assert get_spec("full_video").sampler == "all"
+    assert get_spec("full_video").sampler_args() == {"min_frames": 8}
+    assert get_spec("full_video_tsm").sampler == "uniform"
+    assert get_spec("full_video_tsm").sampler_args() == {"num_segments": 8}
+    assert get_spec("full_video_tiny").input_size == (64, 64)
 
 
 def test_backbones_have_resnet_parameter_counts() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import get_defaults
+from models import get_spec
 from models.ms3d import (
     MS3D,
     eq4_temporal_factors,
@@ -195,14 +195,14 @@ def test_model_convs_are_initialised_by_eq4(tiny: MS3D) -> None:
 
 def test_registered_defaults_describe_pz_and_nearest_centre() -> None:
     for name, sizes in (("ms3d", (7, 17, 25)), ("ms3d_tiny", SIZES)):
-        d = get_defaults(name)
+        d = get_spec(name)
         assert d.family == "ms3d" and d.output == "embedding"
-        assert d.sampler == "pz" and tuple(d.sampler_kwargs["sizes"]) == sizes
-        assert d.sampler_kwargs["walks"] >= 2
+        assert d.sampler == "pz" and tuple(d.sampler_args()["sizes"]) == sizes
+        assert d.sampler_args()["walks"] >= 2
         assert d.aggregator == "nearest_centre"
         # gamma comes from the bundle's repository at judgement time, never from the defaults.
         assert "gamma" not in d.aggregator_kwargs
-        assert d.clip_len == sum(sizes)
+        assert d.input_frames == sum(sizes)
 
 
 def test_tiny_exports_to_onnx_and_matches(tmp_path) -> None:

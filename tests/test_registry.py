@@ -6,19 +6,17 @@ import pytest
 import torch
 
 import models
-from models import ModelDefaults, create_model, get_defaults, list_models, register_model
+from models import VariantSpec, create_model, get_spec, list_models, register_model
 
 SMALL = [name for name in list_models() if name.endswith("_tiny")]
 FAMILIES = {"c3d_vll", "attention_lstm", "ms3d", "full_video"}
 
 
 def _input_for(name: str, batch: int = 2) -> torch.Tensor:
-    d = get_defaults(name)
+    d = get_spec(name)
     h, w = d.input_size
-    if d.sampler == "pz":
-        t = sum(d.sampler_kwargs["sizes"])
-    elif d.clip_len > 0:
-        t = d.clip_len
+    if d.input_frames > 0:
+        t = d.input_frames
     else:
         t = 12  # a whole (short) video for the full-video family
     return torch.randn(batch, 3, t, h, w, generator=torch.Generator().manual_seed(0))
@@ -28,14 +26,14 @@ def test_every_family_has_paper_and_small_variants() -> None:
     names = set(list_models())
     assert FAMILIES <= names
     assert {f"{f}_tiny" for f in FAMILIES} <= names
-    assert {get_defaults(n).family for n in names} == FAMILIES
+    assert {get_spec(n).family for n in names} == FAMILIES
 
 
 def test_register_model_refuses_duplicates() -> None:
-    defaults = get_defaults("c3d_vll_tiny")
+    defaults = get_spec("c3d_vll_tiny")
     with pytest.raises(ValueError, match="already registered"):
 
-        @register_model(defaults=defaults)
+        @register_model(spec=defaults)
         def c3d_vll_tiny() -> torch.nn.Module:  # noqa: F811 - the point of the test
             return torch.nn.Identity()
 
@@ -47,7 +45,7 @@ def test_unknown_model_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_variant_forward_backward(name: str) -> None:
-    d: ModelDefaults = get_defaults(name)
+    d: VariantSpec = get_spec(name)
     kwargs = {} if d.output == "embedding" else {"num_classes": 5}
     x = _input_for(name)
 

@@ -28,7 +28,7 @@ from media import write_audio_only, write_video
 from models.bundle import add_bundle_file, load_bundle
 from models.repository import Repository
 from service import Settings, create_app
-from service.store import REPOSITORY_FILE
+from models.bundle import REPOSITORY_FILE
 from training.datasets import load_dataset
 from training.evaluate import evaluate_videos
 from training.run import main as train_main
@@ -132,7 +132,7 @@ def test_health_ready_and_models(client: TestClient) -> None:
     assert c3d["family"] == "c3d_vll" and ms3d["family"] == "ms3d"
     assert c3d["backend"] == ms3d["backend"] == "onnxruntime"
     assert c3d["labels"] == ["move_up", "move_down", "move_left", "move_right"]
-    assert c3d["sampler"] == {"name": "consecutive", "clip_len": 16, "stride": 16}
+    assert c3d["sampler"] == {"name": "consecutive", "clip_len": 16}
     assert c3d["aggregator"] == {"name": "majority_vote"} and c3d["default"]
     assert ms3d["sampler"]["name"] == "pz" and ms3d["enrollable"] and not c3d["enrollable"]
     assert ms3d["gamma"] > 0
@@ -198,7 +198,7 @@ def test_service_equals_training_evaluation(torch_client: TestClient, master_sto
         if bundle.family == "ms3d":
             repo = Repository.load(bundle.file(REPOSITORY_FILE))
             centres, gamma = repo.centres_tensor(), repo.gamma
-        summary, outcomes = evaluate_videos(net, videos, bundle.defaults, len(bundle.labels),
+        summary, outcomes = evaluate_videos(net, videos, bundle.spec, len(bundle.labels),
                                             batch_size=16, centres=centres, gamma=gamma)
         hits = 0
         for outcome in outcomes:
@@ -547,7 +547,7 @@ def test_enrolment_adds_recognises_persists_and_deletes(store: Path, tmp_path: P
         before = c.get(f"/models/{MS3D}/classes").json()
         assert [k["label"] for k in before["classes"]] == ["move_up", "move_down", "move_left",
                                                            "move_right"]
-        walks = load_bundle(store / MS3D).defaults.sampler_kwargs["walks"]
+        walks = load_bundle(store / MS3D).spec.sampler_args()["walks"]
         resp = _enrol(c, "wave", wave)
         assert resp.status_code == 201, resp.text
         body = resp.json()

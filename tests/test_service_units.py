@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models._defaults import ModelDefaults
+from models.spec import VariantSpec
 from models.aggregators import majority_vote, nearest_centre
 from models.pipeline import Prediction
 from service.__main__ import build_parser
@@ -244,7 +244,7 @@ def test_unknown_setting_is_refused() -> None:
 def test_vote_detail_names_each_clip_and_counts_votes() -> None:
     # Three clips over classes (a, b, c): argmax b, b, a -> b has 2 votes, a 1, c none.
     logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 1.0, 0.5], [3.0, 0.0, 0.0]])
-    defaults = ModelDefaults(family="c3d_vll", input_size=(8, 8), clip_len=4,
+    defaults = VariantSpec(family="c3d_vll", input_size=(8, 8), clip_len=4,
                              aggregator="majority_vote")
     outcome = Outcome(Prediction(majority_vote(logits), 3, logits), ["a", "b", "c"], None)
     assert detail_of(outcome, defaults) == {
@@ -260,7 +260,7 @@ def test_distance_detail_is_sorted_and_gamma_inf_is_null() -> None:
     # One walk at (1, 0); centres at distance 1 (0,0), 0 (1,0) and 2 (-1,0).
     emb = torch.tensor([[1.0, 0.0]])
     centres = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
-    defaults = ModelDefaults(family="ms3d", input_size=(8, 8), clip_len=4,
+    defaults = VariantSpec(family="ms3d", input_size=(8, 8), clip_len=4,
                              aggregator="nearest_centre", output="embedding")
     scores = nearest_centre(emb, centres, gamma=float("inf"))
     detail = detail_of(Outcome(Prediction(scores, 1, emb), ["x", "y", "z"], float("inf")), defaults)

@@ -1,12 +1,9 @@
 """Video datasets: split files of UCF101 / HMDB51 / plain lists, and torch Datasets over them.
 
 The loaders turn a dataset folder (or list file) into :class:`VideoEntry` lists and class
-names; the torch datasets decode a video (:mod:`video.decode`), pick frame indices with the
-model family's sampler (:func:`video.sampling.sample_indices`) and build the normalised input
-with :func:`video.transforms.clips_to_tensor`, so one code path serves all four families
-(papers 000-003 in ``shared/papers``): only the sampler name and arguments, the
-normalisation and the sizes change, and :func:`dataset_options` reads them from a model's
-:class:`~models._defaults.ModelDefaults`.
+names; the torch datasets decode, sample and normalise a video through :mod:`models.pipeline`
+with the model's :class:`~models.spec.VariantSpec`, the same front end evaluation and the
+service use.
 
 Layouts accepted (see ``docs/data.md``):
 
@@ -35,19 +32,16 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from video.decode import DecodeLimits, decode_video, probe_video
+from models.pipeline import decode_for, inputs_from_indices, sample_video
+from models.spec import VariantSpec
+from video.decode import DecodeLimits, probe_video
 from video.errors import VideoError
-from video.sampling import sample_indices
-from video.transforms import clips_to_tensor
-
-if TYPE_CHECKING:
-    from models._defaults import ModelDefaults
 
 __all__ = [
     "ClipDataset",
@@ -63,7 +57,6 @@ __all__ = [
     "VideoItem",
     "VideoLoadError",
     "collate_videos",
-    "dataset_options",
     "detect_layout",
     "load_dataset",
     "load_hmdb51",
@@ -567,24 +560,6 @@ class VideoBatch(NamedTuple):
     indices: torch.Tensor  # (B,) int64: dataset positions of the videos
 
 
-def dataset_options(defaults: ModelDefaults) -> dict[str, Any]:
-    """The dataset arguments a model variant's defaults imply.
-
-    Frames are decoded at ``decode_size`` (or straight to ``input_size``) and cropped to
-    ``input_size`` only when ``decode_size`` is set, exactly as :mod:`models.pipeline` does
-    in evaluation and serving; the sampler gets ``sampler_kwargs`` unchanged.
-    """
-    input_size = tuple(defaults.input_size)
-    return {
-        "sampler": defaults.sampler,
-        "sampler_kwargs": dict(defaults.sampler_kwargs),
-        "mean": tuple(defaults.mean),
-        "std": tuple(defaults.std),
-        "decode_size": tuple(defaults.decode_size or input_size),
-        "crop": input_size if defaults.decode_size else None,
-    }
-
-
 class _VideoSource(Dataset):
     """Shared decode -> sample -> tensor path and failure handling of the two datasets."""
 
@@ -592,12 +567,7 @@ class _VideoSource(Dataset):
         self,
         entries: Sequence[VideoEntry],
         *,
-        sampler: str,
-        sampler_kwargs: dict[str, Any] | None = None,
-        mean: Sequence[float],
-        std: Sequence[float],
-        decode_size: tuple[int, int] | None = None,
-        crop: tuple[int, int] | None = None,
+        spec: VariantSpec,
         train: bool = False,
         hflip: bool = False,
         max_clips: int | None = None,
@@ -607,11 +577,7 @@ class _VideoSource(Dataset):
         skip_errors: bool = True,
     ) -> None:
         self.entries = list(entries)
-        self.sampler = sampler
-        self.sampler_kwargs = dict(sampler_kwargs or {})
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.decode_size = tuple(decode_size) if decode_size is not None else None
-        self.crop = tuple(crop) if crop is not None else None
+        self.spec = spec
         self.train = train
         self.hflip = hflip
         self.max_clips = max_clips or None
@@ -621,13 +587,6 @@ class _VideoSource(Dataset):
         self.skip_errors = skip_errors
         self.epoch = 0
         self.failures: dict[Path, str] = {}
-
-    @classmethod
-    def from_defaults(
-        cls, entries: Sequence[VideoEntry], defaults: ModelDefaults, **kwargs: Any
-    ) -> Self:
-        """Build with :func:`dataset_options` of ``defaults``; ``kwargs`` override them."""
-        return cls(entries, **{**dataset_options(defaults), **kwargs})
 
     def set_epoch(self, epoch: int) -> None:
         """Change the training randomness per epoch (like ``DistributedSampler.set_epoch``).
@@ -643,22 +602,19 @@ class _VideoSource(Dataset):
         return np.random.default_rng([self.seed, self.epoch, key]) if self.train else None
 
     def _decode(self, entry: VideoEntry) -> np.ndarray:
-        frames, _ = decode_video(
-            entry.path, size=self.decode_size, limits=self.limits, threads=self.decode_threads
-        )
+        frames, _ = decode_for(entry.path, self.spec, limits=self.limits,
+                               threads=self.decode_threads)
         return frames
 
     def _indices(self, frames: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        return sample_indices(self.sampler, frames, train=self.train, rng=rng,
-                              max_inputs=self.max_clips or 0, **self.sampler_kwargs)
+        return sample_video(frames, self.spec, train=self.train, rng=rng,
+                            max_inputs=self.max_clips or 0)
 
     def _tensor(
         self, frames: np.ndarray, idx: np.ndarray, rng: np.random.Generator | None
     ) -> torch.Tensor:
-        return clips_to_tensor(
-            frames, idx, mean=self.mean, std=self.std, crop=self.crop, train=self.train,
-            rng=rng, hflip=self.hflip,
-        )
+        return inputs_from_indices(frames, idx, self.spec, train=self.train, rng=rng,
+                                   hflip=self.hflip)
 
     def _entry_of(self, item: int) -> VideoEntry:
         raise NotImplementedError
@@ -698,12 +654,8 @@ class VideoDataset(_VideoSource):
 
     Args:
         entries: The videos.
-        sampler: Name in :data:`video.sampling.SAMPLERS`.
-        sampler_kwargs: The sampler's arguments.
-        mean: RGB mean on the [0, 1] scale.
-        std: RGB std on the [0, 1] scale.
-        decode_size: (height, width) to decode at; ``None`` keeps the source size.
-        crop: (height, width) crop (centre in evaluation, random in training) or ``None``.
+        spec: The model's variant spec: decode size, crop, sampler and normalisation, as
+            :mod:`models.pipeline` applies them in evaluation and serving.
         train: Training randomness (sampler, crop, flip), seeded by ``(seed, epoch, item)``.
         hflip: Random horizontal flip in training; never for direction classes.
         max_clips: Cap on inputs per video (``None``/0: no cap).

@@ -4,7 +4,7 @@ aggregator), so the figures here are the figures a deployed bundle gives."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models._defaults import ModelDefaults
-from models.pipeline import decode_size, predict_frames
+from models.pipeline import Forward, decode_for, predict_frames
+from models.spec import VariantSpec
 from training.metrics import summarize
-from video.decode import decode_video
 from video.errors import VideoError
 
 __all__ = ["evaluate_videos", "VideoOutcome"]
@@ -47,9 +46,9 @@ def _input_correct(outputs: Tensor, scores, label: int) -> int:
 
 @torch.no_grad()
 def evaluate_videos(
-    forward: Callable[[Tensor], Tensor],
+    forward: Forward,
     videos: Sequence[tuple[Path, int]],
-    defaults: ModelDefaults,
+    spec: VariantSpec,
     num_classes: int,
     *,
     batch_size: int = 16,
@@ -71,19 +70,19 @@ def evaluate_videos(
         iterator = tqdm(videos, desc="eval", leave=False, unit="video")
     for path, label in iterator:
         try:
-            frames, _ = decode_video(path, size=decode_size(defaults))
+            frames, _ = decode_for(path, spec)
         except VideoError as err:
             log.warning("evaluation skips %s: %s", path, err)
             skipped.append(str(path))
             continue
-        pred = predict_frames(forward, frames, defaults, batch_size=batch_size,
+        pred = predict_frames(forward, frames, spec, batch_size=batch_size,
                               max_inputs=max_inputs, centres=centres, gamma=gamma)
         s = pred.scores
         nearest = float(s.distances[s.order[0]]) if s.distances is not None else float("nan")
         outcomes.append(VideoOutcome(Path(path), int(label), s.order.tolist(), s.unknown,
                                      _input_correct(pred.outputs, s, int(label)), pred.inputs,
                                      nearest))
-    clip_total = sum(o.inputs for o in outcomes) if defaults.output == "logits" else 0
+    clip_total = sum(o.inputs for o in outcomes) if spec.output == "logits" else 0
     summary = summarize(
         [o.order for o in outcomes], [o.label for o in outcomes], num_classes,
         clip_correct=sum(o.input_correct for o in outcomes), clip_total=clip_total,

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models._io import atomic_write
-from models._registry import create_model
+from models.fileio import atomic_write
+from models.registry import create_model
 from models.bundle import write_bundle
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig) -> Path | None:
     if test_entries:
         test_entries = validate_entries(test_entries, strict=cfg.strict, what="test split")
     task = make_task(cfg, classes if not held_out else classes[: len(classes) - len(held_out)])
-    defaults = task.defaults()
+    spec = task.spec()
 
     name = cfg.name or f"{task.model_name}-{Path(cfg.data.rstrip('/')).stem}"
     bundle_dir = Path(cfg.out) / name
@@ -212,7 +212,8 @@ def train(cfg: TrainConfig) -> Path | None:
     # ---- model
     _seed_all(cfg.seed, 0)
     model_kwargs = task.model_kwargs()
-    model = create_model(task.model_name, **model_kwargs, **task.build_only_kwargs()).to(ctx.device)
+    model = create_model(task.model_name, spec=spec, **model_kwargs,
+                         **task.build_only_kwargs()).to(ctx.device)
     channels_last = channels_last_for(cfg.family, ctx.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -288,7 +289,7 @@ def train(cfg: TrainConfig) -> Path | None:
             "inputs_per_s": seen * ctx.world / max(1e-9, time.time() - t0),
         }
         if ctx.main and (epoch + 1 == cfg.epochs or (epoch + 1) % max(1, cfg.eval_every) == 0):
-            last_eval = _evaluate(cfg, task, model, defaults, train_entries, test_entries,
+            last_eval = _evaluate(cfg, task, model, spec, train_entries, test_entries,
                                   classes, held_out, ctx.device, show)[0]
             record["eval"] = last_eval
         history.append(record)
@@ -310,11 +311,11 @@ def train(cfg: TrainConfig) -> Path | None:
     out: Path | None = None
     if ctx.main:
         if not last_eval:
-            last_eval = _evaluate(cfg, task, model, defaults, train_entries, test_entries,
+            last_eval = _evaluate(cfg, task, model, spec, train_entries, test_entries,
                                   classes, held_out, ctx.device, show)[0]
         extra: dict[str, Any] = {"files": []}
         if cfg.family == "ms3d":
-            repo = _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
+            repo = _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes,
                                     held_out, ctx.device, show, final=True)[0]
             repo.save(bundle_dir / "repository.safetensors")
             extra["files"].append("repository.safetensors")
@@ -331,7 +332,7 @@ def train(cfg: TrainConfig) -> Path | None:
             model_kwargs=model_kwargs,
             family=cfg.family,
             labels=labels,
-            defaults=defaults,
+            spec=spec,
             config=dataclasses.asdict(cfg),
             metrics=last_eval,
             extra=extra,
@@ -344,18 +345,18 @@ def train(cfg: TrainConfig) -> Path | None:
     return out
 
 
-def _evaluate(cfg, task, model, defaults, train_entries, test_entries, classes, held_out,
+def _evaluate(cfg, task, model, spec, train_entries, test_entries, classes, held_out,
               device, show) -> tuple[dict[str, Any], Any]:
     """Rank 0 evaluation through the service's path; ms3d builds its repository first."""
     model.eval()
     forward = _forward_fn(model, device)
     try:
         if cfg.family == "ms3d":
-            repo, figures = _ms3d_repository(cfg, model, defaults, train_entries, test_entries,
+            repo, figures = _ms3d_repository(cfg, model, spec, train_entries, test_entries,
                                              classes, held_out, device, show, final=False)
             return figures, repo
         videos = [(e.path, e.label) for e in test_entries]
-        summary, _ = evaluate_videos(forward, videos, defaults, len(classes), batch_size=cfg.batch_size,
+        summary, _ = evaluate_videos(forward, videos, spec, len(classes), batch_size=cfg.batch_size,
                                      max_inputs=cfg.eval_max_clips, progress=show)
         return summary, None
     finally:
@@ -370,7 +371,7 @@ def _forward_fn(model: nn.Module, device: torch.device):
     return forward
 
 
-def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes, held_out,
+def _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes, held_out,
                      device, show, *, final: bool):
     """Build the class-centre repository from training videos, calibrate gamma on held-out
     in-class videos, and measure closed-set accuracy and open-set rejection on the test split.
@@ -378,9 +379,8 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
     With ``final``, the held-out classes are then added to the repository from their training
     videos (no retraining), so the served bundle knows every class.
     """
-    from models.pipeline import decode_size, prepare_inputs, run_network
+    from models.pipeline import decode_for, embed_video
     from models.repository import Repository, calibrate_gamma, in_class_distances
-    from video.decode import decode_video
     from video.errors import VideoError
 
     model.eval()
@@ -391,11 +391,11 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
         out, labels = [], []
         for e in entries:
             try:
-                frames, _ = decode_video(e.path, size=decode_size(defaults))
+                frames, _ = decode_for(e.path, spec)
             except VideoError as err:
                 log.warning("repository skips %s: %s", e.path, err)
                 continue
-            out.append(run_network(forward, prepare_inputs(frames, defaults), cfg.batch_size).numpy())
+            out.append(embed_video(forward, frames, spec, batch_size=cfg.batch_size))
             labels.append(e.label)
         return out, labels
 
@@ -429,12 +429,12 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
     known_test = [(e.path, e.label) for e in test_entries if e.label < known]
     unknown_test = [(e.path, e.label) for e in test_entries if e.label >= known]
     centres = repo.centres_tensor()
-    closed, outcomes = evaluate_videos(forward, known_test, defaults, known, batch_size=cfg.batch_size,
+    closed, outcomes = evaluate_videos(forward, known_test, spec, known, batch_size=cfg.batch_size,
                                        centres=centres, gamma=repo.gamma, progress=show)
     figures.update(closed)
     figures["in_class_acceptance"] = float(np.mean([not o.unknown for o in outcomes])) if outcomes else float("nan")
     if unknown_test:
-        _, open_outcomes = evaluate_videos(forward, unknown_test, defaults, len(classes),
+        _, open_outcomes = evaluate_videos(forward, unknown_test, spec, len(classes),
                                            batch_size=cfg.batch_size, centres=centres,
                                            gamma=repo.gamma)
         figures["unknown_rejection"] = float(np.mean([o.unknown for o in open_outcomes]))
@@ -458,7 +458,7 @@ def _ms3d_repository(cfg, model, defaults, train_entries, test_entries, classes,
             if rows:
                 repo.add_class(classes[label], np.concatenate(rows))
         all_test = [(e.path, e.label) for e in test_entries]
-        full, _ = evaluate_videos(forward, all_test, defaults, len(repo.names), batch_size=cfg.batch_size,
+        full, _ = evaluate_videos(forward, all_test, spec, len(repo.names), batch_size=cfg.batch_size,
                                   centres=repo.centres_tensor(), gamma=math.inf)
         figures["all_classes_after_adding_top1"] = full["top1"]
     model.train()

@@ -8,7 +8,6 @@ the service's own decode -> sampler -> network -> aggregator path.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from models._defaults import ModelDefaults
-from models._registry import get_defaults
+from models.registry import get_spec
+from models.spec import VariantSpec
 from training.config import TrainConfig
-from training.datasets import ClipDataset, VideoDataset, VideoEntry, collate_videos, dataset_options
+from training.datasets import ClipDataset, VideoDataset, VideoEntry, collate_videos
 from training.losses.attention import attention_lstm_loss
 from training.losses.npair import npair_batches, npair_loss
 from training.losses.vll import clip_ce_loss, vll_loss
@@ -98,22 +97,22 @@ class Task:
         self.cfg = cfg
         self.classes = list(classes)
         self.model_name = cfg.resolved_model()
-        self.base = get_defaults(self.model_name)
+        self.base = get_spec(self.model_name)
         if self.base.family != cfg.family:
             raise ValueError(f"model {self.model_name!r} is a {self.base.family} model, "
                              f"not {cfg.family}")
 
     # ---- model
     def model_kwargs(self) -> dict[str, Any]:
-        """Constructor kwargs recorded in the bundle."""
+        """Network kwargs recorded in the bundle (the clip shape comes from :meth:`spec`)."""
         return {"num_classes": len(self.classes), **self.cfg.model_kwargs}
 
     def build_only_kwargs(self) -> dict[str, Any]:
         """Kwargs used to build for training only (e.g. a local pretrained file)."""
         return {}
 
-    def defaults(self) -> ModelDefaults:
-        """The effective preprocessing, sampler and aggregator settings."""
+    def spec(self) -> VariantSpec:
+        """The effective variant spec: the registered one with the run's overrides."""
         return self.base
 
     # ---- data
@@ -121,11 +120,11 @@ class Task:
         return True
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
-        opts = dataset_options(self.defaults())
+        spec = self.spec()
         if self.video_level():
-            return VideoDataset(entries, **opts, train=True, max_clips=self.cfg.max_clips,
+            return VideoDataset(entries, spec=spec, train=True, max_clips=self.cfg.max_clips,
                                 seed=self.cfg.seed)
-        return ClipDataset(entries, **opts, train=True, mode="random", seed=self.cfg.seed)
+        return ClipDataset(entries, spec=spec, train=True, mode="random", seed=self.cfg.seed)
 
     def collate(self, items: list[Any]) -> Batch:
         return _collate_videos(items) if self.video_level() else _collate_clips(items)
@@ -150,21 +149,20 @@ class Task:
 
 
 
-def _consecutive_defaults(d: ModelDefaults, cfg: TrainConfig) -> ModelDefaults:
+def _consecutive_spec(d: VariantSpec, cfg: TrainConfig) -> VariantSpec:
     """The model's consecutive-clip settings with the run's ``clip_len`` / ``clip_stride`` /
     ``frame_step`` overrides; a changed clip shape without an explicit stride keeps clips
     non-overlapping."""
     if not (cfg.clip_len or cfg.clip_stride or cfg.frame_step):
         return d
     kw = dict(d.sampler_kwargs)
-    length = cfg.clip_len or d.clip_len
-    step = cfg.frame_step or kw.get("frame_step", 1)
+    if cfg.frame_step:
+        kw["frame_step"] = cfg.frame_step
     if cfg.clip_stride:
         kw["stride"] = cfg.clip_stride
-    elif cfg.clip_len or cfg.frame_step:
-        kw["stride"] = (length - 1) * step + 1
-    kw.update(clip_len=length, frame_step=step)
-    return dataclasses.replace(d, clip_len=length, sampler_kwargs=kw)
+    else:
+        kw.pop("stride", None)  # the sampler's default: non-overlapping clips of the new shape
+    return d.replace(clip_len=cfg.clip_len or d.clip_len, sampler_kwargs=kw)
 
 
 class C3DTask(Task):
@@ -172,14 +170,8 @@ class C3DTask(Task):
 
     family = "c3d_vll"
 
-    def defaults(self) -> ModelDefaults:
-        return _consecutive_defaults(self.base, self.cfg)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        kw = super().model_kwargs()
-        if self.cfg.clip_len:
-            kw["clip_len"] = self.cfg.clip_len
-        return kw
+    def spec(self) -> VariantSpec:
+        return _consecutive_spec(self.base, self.cfg)
 
     def video_level(self) -> bool:
         return self.cfg.level == "video"
@@ -199,11 +191,10 @@ class AttentionTask(Task):
 
     family = "attention_lstm"
 
-    def defaults(self) -> ModelDefaults:
-        d = _consecutive_defaults(self.base, self.cfg)
+    def spec(self) -> VariantSpec:
+        d = _consecutive_spec(self.base, self.cfg)
         last = self.cfg.vote_steps or d.aggregator_kwargs.get("last", d.clip_len)
-        return dataclasses.replace(
-            d, aggregator_kwargs={**d.aggregator_kwargs, "last": min(last, d.clip_len)})
+        return d.replace(aggregator_kwargs={**d.aggregator_kwargs, "last": min(last, d.clip_len)})
 
     def model_kwargs(self) -> dict[str, Any]:
         return {**super().model_kwargs(), "fusion": self.cfg.fusion, "frozen": self.cfg.frozen_vgg}
@@ -232,26 +223,23 @@ class MS3DTask(Task):
 
     def model_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(self.cfg.model_kwargs)
-        if self.cfg.pathway_sizes:
-            kw["pathway_sizes"] = list(self.cfg.pathway_sizes)
         if self.cfg.drop_rate >= 0:
             kw["drop_rate"] = self.cfg.drop_rate
         kw.setdefault("connectivity_seed", self.cfg.seed)
         return kw
 
-    def defaults(self) -> ModelDefaults:
+    def spec(self) -> VariantSpec:
         d = self.base
         kw = dict(d.sampler_kwargs)
-        if self.cfg.pathway_sizes:
-            kw["sizes"] = list(self.cfg.pathway_sizes)
         if self.cfg.walks:
             kw["walks"] = self.cfg.walks
-        return dataclasses.replace(d, clip_len=int(sum(kw["sizes"])), sampler_kwargs=kw)
+        pathways = tuple(self.cfg.pathway_sizes) if self.cfg.pathway_sizes else d.pathways
+        return d.replace(pathways=pathways, sampler_kwargs=kw)
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
-        opts = dataset_options(self.defaults())
-        opts["sampler_kwargs"] = {**opts["sampler_kwargs"], "walks": 1}
-        return VideoDataset(entries, **opts, train=True, seed=self.cfg.seed)
+        spec = self.spec()
+        one_walk = spec.replace(sampler_kwargs={**spec.sampler_kwargs, "walks": 1})
+        return VideoDataset(entries, spec=one_walk, train=True, seed=self.cfg.seed)
 
     def loader(self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int,
                workers: int) -> tuple[DataLoader, Any]:
@@ -281,29 +269,21 @@ class FullVideoTask(Task):
         kw = super().model_kwargs()
         if self._baseline_variant():
             return kw
-        if self.cfg.tsm_frames or self.cfg.clustering == "none":
-            kw["clustering"] = "none"
-        else:
-            kw["clustering"] = self.cfg.clustering
-            if self.cfg.num_clusters:
-                kw["num_clusters"] = self.cfg.num_clusters
+        kw["clustering"] = "none" if self.cfg.tsm_frames else self.cfg.clustering
         return kw
 
-    def defaults(self) -> ModelDefaults:
+    def spec(self) -> VariantSpec:
         d = self.base
         if self._baseline_variant() and not self.cfg.tsm_frames:
             return d
         if self.cfg.tsm_frames:
-            return dataclasses.replace(d, sampler="uniform",
-                                       sampler_kwargs={"num_segments": self.cfg.tsm_frames})
+            return d.replace(sampler="uniform", segments=self.cfg.tsm_frames)
         if self.cfg.clustering == "none":
-            return dataclasses.replace(d, sampler="all", sampler_kwargs={"min_frames": 1})
-        g = self.cfg.num_clusters or d.sampler_kwargs.get("min_frames", 1)
-        return dataclasses.replace(d, sampler="all", sampler_kwargs={"min_frames": g})
+            return d.replace(sampler="all", segments=1)
+        return d.replace(sampler="all", segments=self.cfg.num_clusters or d.segments)
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
-        return VideoDataset(entries, **dataset_options(self.defaults()), train=True,
-                            seed=self.cfg.seed)
+        return VideoDataset(entries, spec=self.spec(), train=True, seed=self.cfg.seed)
 
     def collate(self, items: list[Any]) -> Batch:
         return _collate_padded_videos(items)

@@ -84,5 +84,5 @@ def _answer(model: LoadedModel, result: RecognitionResult, started: float) -> Re
         duration_s=result.meta.duration_s,
         timing_ms=Timing(decode=result.decode_ms, infer=result.infer_ms,
                          total=(time.perf_counter() - started) * 1000.0),
-        detail=Detail(**detail_of(outcome, model.defaults)),
+        detail=Detail(**detail_of(outcome, model.spec)),
     )

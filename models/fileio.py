@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "sha256_file"]
+__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "remove_stale_temps", "sha256_file"]
+
+TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -23,10 +26,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; the final file gets what open() would give under the umask,
+        # so a service running as another user can read a bundle.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -50,6 +56,38 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remove_stale_temps(directory: str | os.PathLike, older_than_s: float = 60.0) -> list[Path]:
+    """Delete temp files an interrupted :func:`atomic_write` left in ``directory``.
+
+    Only hidden ``.*.tmp`` files older than ``older_than_s`` go, so a write in progress in
+    another process is left alone.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    now = time.time()
+    for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any thread
+    # writes, and set back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(directory: Path) -> None:
