@@ -26,13 +26,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from video.decode import decode_video  # noqa: E402
+from video.decode import decode_video
 
 HEIGHT, WIDTH = 128, 171
 
 
-def write_bench_video(path: Path, *, seconds: int = 10, fps: int = 25, height: int = 480,
-                      width: int = 640, seed: int = 0) -> int:
+def write_bench_video(
+    path: Path,
+    *,
+    seconds: int = 10,
+    fps: int = 25,
+    height: int = 480,
+    width: int = 640,
+    seed: int = 0,
+) -> int:
     """Encode the benchmark clip and return its frame count."""
     rng = np.random.default_rng(seed)
     # Blocky texture plus fine noise, larger than the frame so it can pan.
@@ -47,7 +54,7 @@ def write_bench_video(path: Path, *, seconds: int = 10, fps: int = 25, height: i
         stream.options = {"crf": "23", "preset": "veryfast"}
         for i in range(n):
             dy, dx = int(120 + 100 * np.sin(i / 20)), (2 * i) % 300
-            img = texture[dy:dy + height, dx:dx + width].copy()
+            img = texture[dy : dy + height, dx : dx + width].copy()
             cy, cx = height / 2 + 150 * np.sin(i / 15), width / 2 + 250 * np.cos(i / 23)
             disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 60**2
             img[disc] = 255 - img[disc]
@@ -84,8 +91,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="our decoder threads")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where to write the clip (default: a temporary directory)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where to write the clip (default: a temporary directory)",
+    )
     args = parser.parse_args()
 
     try:
@@ -101,8 +112,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         path = work / "bench_640x480_25fps_10s.mp4"
         n = write_bench_video(path)
-        print(f"clip: {path.name}, {n} frames, {path.stat().st_size / 1e6:.2f} MB; "
-              f"output {HEIGHT}x{WIDTH}; {args.repeats} repeats, interleaved")
+        print(
+            f"clip: {path.name}, {n} frames, {path.stat().st_size / 1e6:.2f} MB; "
+            f"output {HEIGHT}x{WIDTH}; {args.repeats} repeats, interleaved"
+        )
 
         runners: dict[str, Callable[[], int]] = {
             f"ours (threads={args.threads})": lambda: _ours(path, args.threads),
@@ -131,8 +144,10 @@ def main() -> None:
         for name in list(runners)[1:]:
             # Per-round ratios are paired (same moment, same machine load); take their median.
             paired = statistics.median(t / o for o, t in zip(walls[ours], walls[name]))
-            print(f"ratio ours/{name}: {fps[ours] / fps[name]:.2f}x of medians, "
-                  f"{paired:.2f}x paired median")
+            print(
+                f"ratio ours/{name}: {fps[ours] / fps[name]:.2f}x of medians, "
+                f"{paired:.2f}x paired median"
+            )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_model(name: str, *, clips: int, frames: int, repeats: int, threads: int, workdir: Path) -> dict[str, float]:
+def bench_model(
+    name: str, *, clips: int, frames: int, repeats: int, threads: int, workdir: Path
+) -> dict[str, float]:
     """Clips/s of eager PyTorch and ONNX Runtime for one registered model."""
     torch.manual_seed(0)
     defaults = get_spec(name)
@@ -76,23 +78,40 @@ def bench_model(name: str, *, clips: int, frames: int, repeats: int, threads: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="registry names")
-    parser.add_argument("--clips", type=int, default=4, help="clips per batch (videos for whole-video models: 1)")
-    parser.add_argument("--frames", type=int, default=32, help="frames per video for full_video models")
+    parser.add_argument(
+        "--clips", type=int, default=4, help="clips per batch (videos for whole-video models: 1)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=32, help="frames per video for full_video models"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (median)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both backends")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
-    print(f"{'model':<22} {'input':<24} {'eager clips/s':>13} {'ORT clips/s':>12} {'ratio':>6} {'max|diff|':>10}")
+    print(
+        f"{'model':<22} {'input':<24} {'eager clips/s':>13} {'ORT clips/s':>12} "
+        f"{'ratio':>6} {'max|diff|':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             whole_video = get_spec(name).input_frames == 0
             clips = 1 if whole_video else args.clips
-            r = bench_model(name, clips=clips, frames=args.frames, repeats=args.repeats, threads=args.threads, workdir=Path(tmp))
+            r = bench_model(
+                name,
+                clips=clips,
+                frames=args.frames,
+                repeats=args.repeats,
+                threads=args.threads,
+                workdir=Path(tmp),
+            )
             size = "x".join(str(s) for s in get_spec(name).input_size)
             shape = f"{clips}x3x{r['frames']}x{size}"
-            print(f"{name:<22} {shape:<24} {r['eager']:>13.2f} {r['ort']:>12.2f} {r['ratio']:>6.2f} {r['max_abs_diff']:>10.1e}",
-                  flush=True)
+            print(
+                f"{name:<22} {shape:<24} {r['eager']:>13.2f} {r['ort']:>12.2f} "
+                f"{r['ratio']:>6.2f} {r['max_abs_diff']:>10.1e}",
+                flush=True,
+            )
     return 0
 
 

@@ -23,6 +23,7 @@ allow it (no arithmetic happens), otherwise once on the CPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import statistics
 import sys
@@ -37,9 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: E402,F401  (registers the families already wired into the package)
-from models import create_model, get_spec, list_models  # noqa: E402
-from models.pipeline import sample_video  # noqa: E402
+import models  # noqa: F401  (registers the families already wired into the package)
+from models import create_model, get_spec, list_models
+from models.pipeline import sample_video
 
 # Family modules; importing one registers its variants. Missing ones are skipped, so the script
 # runs while the package is still growing.
@@ -106,12 +107,13 @@ def registry_table() -> list[dict]:
         d = get_spec(name)
         n_inputs, length = inputs_per_video(name)
         shape = (1, 3, length, *d.input_size)
-        flops = count_flops(lambda: create_model(name), shape)
+        build = functools.partial(create_model, name)
+        flops = count_flops(build, shape)
         rows.append(
             {
                 "model": name,
                 "family": d.family,
-                "params_m": count_parameters(lambda: create_model(name)) / 1e6,
+                "params_m": count_parameters(build) / 1e6,
                 "input": "x".join(map(str, shape[1:])),
                 "inputs": n_inputs,
                 "gflops_input": flops / 1e9,
@@ -132,9 +134,15 @@ def table1_rows(frames: int = 32, size: int = 224) -> list[dict]:
     ]
     rows = []
     for label, mode, g, t in configs:
+        build = functools.partial(
+            create_model,
+            "full_video",
+            spec=get_spec("full_video").replace(segments=g),
+            num_classes=4,
+            clustering=mode,
+        )
         flops = count_flops(
-            lambda: create_model("full_video", spec=get_spec("full_video").replace(segments=g),
-                                 num_classes=4, clustering=mode),
+            build,
             (1, 3, t, size, size),
         )
         paper = PAPER_TABLE1.get(label)
@@ -198,9 +206,11 @@ def clustering_share(frames: int, size: int, repeats: int, threads: int) -> dict
                     totals.append(end - start)
                     inside.append(late_at - clustered_at)
 
-            def clustering(model_g: int = g, mode_: str = mode) -> torch.Tensor:
-                d = hamming_distances(activations)
-                return cluster_means(activations, assign_clusters(d, model_g, mode_), model_g)
+            def clustering(
+                model_g: int = g, mode_: str = mode, acts: torch.Tensor = activations
+            ) -> torch.Tensor:
+                d = hamming_distances(acts)
+                return cluster_means(acts, assign_clusters(d, model_g, mode_), model_g)
 
             alone = _timings(clustering, repeats * 4, warmup=2)
             shares = [c / t for c, t in zip(inside, totals)]
@@ -249,11 +259,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = registry_table()
     _print_table(
-        ["model", "family", "params (M)", "input (C x L x H x W)", "inputs/video",
-         "GFLOPs/input", "GFLOPs/video"],
         [
-            [r["model"], r["family"], f"{r['params_m']:.2f}", r["input"], str(r["inputs"]),
-             f"{r['gflops_input']:.2f}", f"{r['gflops_video']:.2f}"]
+            "model",
+            "family",
+            "params (M)",
+            "input (C x L x H x W)",
+            "inputs/video",
+            "GFLOPs/input",
+            "GFLOPs/video",
+        ],
+        [
+            [
+                r["model"],
+                r["family"],
+                f"{r['params_m']:.2f}",
+                r["input"],
+                str(r["inputs"]),
+                f"{r['gflops_input']:.2f}",
+                f"{r['gflops_video']:.2f}",
+            ]
             for r in rows
         ],
     )
@@ -266,8 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     _print_table(
         ["configuration", "GFLOPs", "GMACs", "paper (G)"],
         [
-            [r["config"], f"{r['gflops']:.2f}", f"{r['gmacs']:.2f}",
-             f"{r['paper']:.2f}" if r["paper"] else "-"]
+            [
+                r["config"],
+                f"{r['gflops']:.2f}",
+                f"{r['gmacs']:.2f}",
+                f"{r['paper']:.2f}" if r["paper"] else "-",
+            ]
             for r in t1
         ],
     )
@@ -279,9 +307,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.skip_timing:
         return
-    print(f"\n== Clustering share of the CPU forward time ({args.threads} threads, "
-          f"{args.frames}x{args.size}x{args.size}, {args.repeats} timed forwards and "
-          f"{args.repeats * 4} timed clusterings per mode) ==")
+    print(
+        f"\n== Clustering share of the CPU forward time ({args.threads} threads, "
+        f"{args.frames}x{args.size}x{args.size}, {args.repeats} timed forwards and "
+        f"{args.repeats * 4} timed clusterings per mode) =="
+    )
     share = clustering_share(args.frames, args.size, args.repeats, args.threads)
     print(f"layer1 activations per video: {share['activation_shape']}; times are best / median")
     rows = []
@@ -300,8 +330,14 @@ def main(argv: list[str] | None = None) -> None:
     none = share["none"]["forward"]
     rows.append(["none (TSM all)", f"{none[0]:.3f} / {none[1]:.3f}", "-", "-", "-", "-"])
     _print_table(
-        ["mode", "forward (s)", "clustering in forward (ms)", "clustering alone (ms)",
-         "share in forward (median)", "share alone (best/best)"],
+        [
+            "mode",
+            "forward (s)",
+            "clustering in forward (ms)",
+            "clustering alone (ms)",
+            "share in forward (median)",
+            "share alone (best/best)",
+        ],
         rows,
     )
     print("target: share <= 3%")

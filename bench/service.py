@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def write_reference_video(path: Path, *, seconds: float = 10.0, fps: int = 25,
-                          width: int = 320, height: int = 240) -> Path:
+def write_reference_video(
+    path: Path, *, seconds: float = 10.0, fps: int = 25, width: int = 320, height: int = 240
+) -> Path:
     """A moving square over a drifting gradient, H.264 in MP4."""
     import av
 
@@ -74,8 +75,15 @@ def make_bundle(store: Path, arch: str) -> str:
     labels = [f"class_{i}" for i in range(10)]
     name = f"{arch}-bench"
     model = create_model(arch, num_classes=len(labels)).eval()
-    write_bundle(store / name, model=model, model_name=arch, model_kwargs={"num_classes": 10},
-                 family="c3d_vll", labels=labels, spec=get_spec(arch))
+    write_bundle(
+        store / name,
+        model=model,
+        model_name=arch,
+        model_kwargs={"num_classes": 10},
+        family="c3d_vll",
+        labels=labels,
+        spec=get_spec(arch),
+    )
     export_onnx(store / name)
     return name
 
@@ -103,15 +111,35 @@ class Server:
     def __init__(self, store: Path, model: str, threads: int, log: Path) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ACTREC_BACKEND": "onnxruntime",
-               "ACTREC_DEVICE": "cpu", "ACTREC_COMPUTE_THREADS": str(threads),
-               "ACTREC_QUEUE_SIZE": "16", "ACTREC_LOG_LEVEL": "warning",
-               "ACTREC_MAX_DURATION_S": "60", "OMP_NUM_THREADS": str(threads)}
-        self._log = open(log, "w")  # noqa: SIM115  held for the server's lifetime
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "ACTREC_BACKEND": "onnxruntime",
+            "ACTREC_DEVICE": "cpu",
+            "ACTREC_COMPUTE_THREADS": str(threads),
+            "ACTREC_QUEUE_SIZE": "16",
+            "ACTREC_LOG_LEVEL": "warning",
+            "ACTREC_MAX_DURATION_S": "60",
+            "OMP_NUM_THREADS": str(threads),
+        }
+        self._log = open(log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--store", str(store), "--port", str(self.port),
-             "--default-model", model], cwd=ROOT, env=env, stdout=self._log,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--store",
+                str(store),
+                "--port",
+                str(self.port),
+                "--default-model",
+                model,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         import httpx
@@ -143,8 +171,7 @@ def _post(client, payload: bytes) -> tuple[int, float]:
     return resp.status_code, time.perf_counter() - started
 
 
-def load_level(base: str, payload: bytes, concurrency: int, requests: int,
-               seconds: float) -> dict:
+def load_level(base: str, payload: bytes, concurrency: int, requests: int, seconds: float) -> dict:
     """``requests`` POSTs from ``concurrency`` threads, stopping early after ``seconds``."""
     import httpx
 
@@ -175,14 +202,21 @@ def load_level(base: str, payload: bytes, concurrency: int, requests: int,
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": sum(statuses.values()),
-            "ok": len(latencies), "statuses": statuses, "wall_s": wall,
-            "req_per_s": len(latencies) / wall if wall else float("nan"),
-            "p50_ms": 1000 * _percentile(latencies, 50), "p99_ms": 1000 * _percentile(latencies, 99)}
+    return {
+        "concurrency": concurrency,
+        "requests": sum(statuses.values()),
+        "ok": len(latencies),
+        "statuses": statuses,
+        "wall_s": wall,
+        "req_per_s": len(latencies) / wall if wall else float("nan"),
+        "p50_ms": 1000 * _percentile(latencies, 50),
+        "p99_ms": 1000 * _percentile(latencies, 99),
+    }
 
 
-def overhead(base: str, video: Path, bundle_dir: Path, threads: int, pairs: int,
-             seconds: float) -> dict:
+def overhead(
+    base: str, video: Path, bundle_dir: Path, threads: int, pairs: int, seconds: float
+) -> dict:
     """Alternate in-process and HTTP calls on the same video; medians and their ratio."""
     import httpx
     import torch
@@ -216,8 +250,12 @@ def overhead(base: str, video: Path, bundle_dir: Path, threads: int, pairs: int,
             if status == 200:
                 remote.append(latency)
     med_local, med_remote = statistics.median(local), statistics.median(remote)
-    return {"pairs": len(local), "in_process_p50_ms": 1000 * med_local,
-            "http_p50_ms": 1000 * med_remote, "ratio": med_remote / med_local}
+    return {
+        "pairs": len(local),
+        "in_process_p50_ms": 1000 * med_local,
+        "http_p50_ms": 1000 * med_remote,
+        "ratio": med_remote / med_local,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,37 +281,57 @@ def main(argv: list[str] | None = None) -> int:
         video = write_reference_video(tmp / "reference_10s_320x240.mp4")
         payload = video.read_bytes()
         server = Server(store, model, args.threads, tmp / "server.log")
-        figures: dict = {"model": model, "video": "10 s 320x240 25 fps H.264",
-                         "video_bytes": len(payload), "threads": args.threads,
-                         "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+        figures: dict = {
+            "model": model,
+            "video": "10 s 320x240 25 fps H.264",
+            "video_bytes": len(payload),
+            "threads": args.threads,
+            "cpus": os.cpu_count(),
+            "loadavg_start": os.getloadavg(),
+        }
         try:
             server.wait_ready()
             figures["rss_ready_mb"] = _rss_mb(server.proc.pid)
-            figures["overhead"] = overhead(server.base, video, store / model, args.threads,
-                                           args.pairs, args.level_seconds)
-            figures["load"] = [load_level(server.base, payload, c, args.requests,
-                                          args.level_seconds) for c in (1, 4, 8)]
+            figures["overhead"] = overhead(
+                server.base, video, store / model, args.threads, args.pairs, args.level_seconds
+            )
+            figures["load"] = [
+                load_level(server.base, payload, c, args.requests, args.level_seconds)
+                for c in (1, 4, 8)
+            ]
             before = _rss_mb(server.proc.pid)
             rss_run = load_level(server.base, payload, 4, args.rss_requests, args.rss_seconds)
             after = _rss_mb(server.proc.pid)
-            figures["rss"] = {"requests": rss_run["requests"], "before_mb": before,
-                              "after_mb": after, "growth_mb": after - before}
+            figures["rss"] = {
+                "requests": rss_run["requests"],
+                "before_mb": before,
+                "after_mb": after,
+                "growth_mb": after - before,
+            }
             figures["loadavg_end"] = os.getloadavg()
         finally:
             server.stop()
 
     o = figures["overhead"]
-    print(f"model {model} (ONNX Runtime CPU, {args.threads} threads), {figures['video']}, "
-          f"{figures['cpus']} CPUs, load average at start {figures['loadavg_start'][0]:.1f}")
-    print(f"overhead: HTTP p50 {o['http_p50_ms']:.1f} ms / in-process p50 "
-          f"{o['in_process_p50_ms']:.1f} ms = {o['ratio']:.3f}x over {o['pairs']} pairs")
+    print(
+        f"model {model} (ONNX Runtime CPU, {args.threads} threads), {figures['video']}, "
+        f"{figures['cpus']} CPUs, load average at start {figures['loadavg_start'][0]:.1f}"
+    )
+    print(
+        f"overhead: HTTP p50 {o['http_p50_ms']:.1f} ms / in-process p50 "
+        f"{o['in_process_p50_ms']:.1f} ms = {o['ratio']:.3f}x over {o['pairs']} pairs"
+    )
     print("concurrency  requests  req/s   p50 ms   p99 ms  statuses")
     for row in figures["load"]:
-        print(f"{row['concurrency']:>11}  {row['requests']:>8}  {row['req_per_s']:5.2f}  "
-              f"{row['p50_ms']:7.1f}  {row['p99_ms']:7.1f}  {row['statuses']}")
+        print(
+            f"{row['concurrency']:>11}  {row['requests']:>8}  {row['req_per_s']:5.2f}  "
+            f"{row['p50_ms']:7.1f}  {row['p99_ms']:7.1f}  {row['statuses']}"
+        )
     r = figures["rss"]
-    print(f"RSS: {r['before_mb']:.1f} MB before, {r['after_mb']:.1f} MB after {r['requests']} "
-          f"requests: growth {r['growth_mb']:+.1f} MB (ready: {figures['rss_ready_mb']:.1f} MB)")
+    print(
+        f"RSS: {r['before_mb']:.1f} MB before, {r['after_mb']:.1f} MB after {r['requests']} "
+        f"requests: growth {r['growth_mb']:+.1f} MB (ready: {figures['rss_ready_mb']:.1f} MB)"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -69,9 +69,25 @@ def _dataset(name: str) -> Path:
     classes, per_class, frames = DATASETS[name]
     out = WORK / "data" / f"move4digits-{name}"
     if not (out / "classInd.txt").is_file():
-        subprocess.run([sys.executable, "-m", "training.synth", "--out", str(out), "--classes", classes,
-                        "--per-class", str(per_class), "--frames", str(frames), "--seed", "0"],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training.synth",
+                "--out",
+                str(out),
+                "--classes",
+                classes,
+                "--per-class",
+                str(per_class),
+                "--frames",
+                str(frames),
+                "--seed",
+                "0",
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     return out
 
 
@@ -88,9 +104,25 @@ def _done() -> set[str]:
 
 
 def _command(family: str, flags: list[str], data: Path, seed: int, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "training.run", "--family", family, "--data", str(data),
-            "--out", str(WORK / "store"), "--name", run_id, "--seed", str(seed),
-            "--epochs", str(EPOCHS[family]), *COMMON, *flags]
+    return [
+        sys.executable,
+        "-m",
+        "training.run",
+        "--family",
+        family,
+        "--data",
+        str(data),
+        "--out",
+        str(WORK / "store"),
+        "--name",
+        run_id,
+        "--seed",
+        str(seed),
+        "--epochs",
+        str(EPOCHS[family]),
+        *COMMON,
+        *flags,
+    ]
 
 
 def run(families: list[str] | None, datasets: list[str], seeds: list[int]) -> None:
@@ -116,9 +148,16 @@ def run(families: list[str] | None, datasets: list[str], seeds: list[int]) -> No
                     print(proc.stderr[-2000:], file=sys.stderr)
                     continue
                 manifest = json.loads((WORK / "store" / run_id / "manifest.json").read_text())
-                record = {"id": run_id, "dataset": dataset, "family": family, "config": config,
-                          "seed": seed, "wall_s": round(wall, 1), "metrics": manifest["metrics"],
-                          "command": shlex.join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "")}
+                record = {
+                    "id": run_id,
+                    "dataset": dataset,
+                    "family": family,
+                    "config": config,
+                    "seed": seed,
+                    "wall_s": round(wall, 1),
+                    "metrics": manifest["metrics"],
+                    "command": shlex.join(["python", *cmd[1:]]).replace(str(ROOT) + "/", ""),
+                }
                 with open(RESULTS, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 m = manifest["metrics"]
@@ -147,9 +186,9 @@ def report() -> None:
         "(2 CPU cores, `--preset demo`, each family's `_tiny` variant). Figures are video-level",
         "test accuracy in percent, mean ± standard deviation over seeds; `n` is the number of",
         "seeds. Datasets: `4` = Move4Digits, 4 classes x 40 videos (30 train / 10 test per",
-        "class); `extended` = 12 motion classes x 30 videos; `4-long` = the 4 classes with 64-frame",
-        "videos (4 clips each, c3d_vll only). All videos are 32 frames unless said. Orderings are",
-        "reported as they came out, including those that do not match the papers.",
+        "class); `extended` = 12 motion classes x 30 videos; `4-long` = the 4 classes with",
+        "64-frame videos (4 clips each, c3d_vll only). All videos are 32 frames unless said.",
+        "Orderings are reported as they came out, including those that do not match the papers.",
         "",
     ]
     for family in EPOCHS:
@@ -159,19 +198,25 @@ def report() -> None:
         lines += [f"## {TITLES[family]}", ""]
         configs = [c for f, c, _ in CONFIGS if f == family]
         extra = family == "ms3d"
-        header = ("| dataset | configuration | n | top-1 | top-1 per seed | top-5 | clip accuracy "
-                  "| wall s/run |")
+        header = (
+            "| dataset | configuration | n | top-1 | top-1 per seed | top-5 | clip accuracy "
+            "| wall s/run |"
+        )
         if extra:
-            header = ("| dataset | configuration | n | top-1 (nearest centre) | top-1 per seed "
-                      "| in-class acceptance | unknown rejection | wall s/run |")
+            header = (
+                "| dataset | configuration | n | top-1 (nearest centre) | top-1 per seed "
+                "| in-class acceptance | unknown rejection | wall s/run |"
+            )
         lines += [header, "|" + " --- |" * (header.count("|") - 1)]
         fig, ax = plt.subplots(figsize=(7, 3.2))
         width = 0.8 / max(1, len(DATASETS))
         for d_i, dataset in enumerate(DATASETS):
             means, stds, names = [], [], []
             for config in configs:
-                sel = sorted((r for r in rows if r["dataset"] == dataset and r["config"] == config),
-                             key=lambda r: r["seed"])
+                sel = sorted(
+                    (r for r in rows if r["dataset"] == dataset and r["config"] == config),
+                    key=lambda r: r["seed"],
+                )
                 if not sel:
                     continue
                 top1 = [r["metrics"]["top1"] for r in sel]
@@ -180,13 +225,17 @@ def report() -> None:
                 if extra:
                     acc = [r["metrics"].get("in_class_acceptance", float("nan")) for r in sel]
                     rej = [r["metrics"].get("unknown_rejection", float("nan")) for r in sel]
-                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
-                                 f"{_mean_std(acc)} | {_mean_std(rej)} | {wall:.0f} |")
+                    lines.append(
+                        f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
+                        f"{_mean_std(acc)} | {_mean_std(rej)} | {wall:.0f} |"
+                    )
                 else:
                     top5 = [r["metrics"]["top5"] for r in sel]
                     clip = [r["metrics"]["clip_accuracy"] for r in sel]
-                    lines.append(f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
-                                 f"{_mean_std(top5)} | {_mean_std(clip)} | {wall:.0f} |")
+                    lines.append(
+                        f"| {dataset} | {config} | {len(sel)} | {_mean_std(top1)} | {seeds} | "
+                        f"{_mean_std(top5)} | {_mean_std(clip)} | {wall:.0f} |"
+                    )
                 names.append(config)
                 means.append(100 * statistics.fmean(top1))
                 stds.append(100 * (statistics.stdev(top1) if len(top1) > 1 else 0.0))
@@ -200,8 +249,13 @@ def report() -> None:
             if any(r["dataset"] == dataset for r in rows):
                 chance.setdefault(_num_classes(dataset), ("--", ":")[len(chance) % 2])
         for n_classes, style in chance.items():
-            ax.axhline(100 / n_classes, color="grey", linestyle=style, linewidth=0.8,
-                       label=f"chance ({n_classes} classes)")
+            ax.axhline(
+                100 / n_classes,
+                color="grey",
+                linestyle=style,
+                linewidth=0.8,
+                label=f"chance ({n_classes} classes)",
+            )
         ax.set_ylabel("video top-1 (%)")
         ax.set_ylim(0, 105)
         ax.set_title(TITLES[family], fontsize=9)
@@ -212,20 +266,35 @@ def report() -> None:
         plt.close(fig)
         sweeps = [r for r in rows if "open_set_sweep" in r["metrics"]]
         if sweeps:
-            lines += ["", "Open-set trade-off over the gamma percentile (mean over the runs that have it):", "",
-                      "| dataset | percentile | in-class acceptance | unknown rejection | n |",
-                      "| --- | --- | --- | --- | --- |"]
+            lines += [
+                "",
+                "Open-set trade-off over the gamma percentile (mean over the runs that have it):",
+                "",
+                "| dataset | percentile | in-class acceptance | unknown rejection | n |",
+                "| --- | --- | --- | --- | --- |",
+            ]
             for dataset in DATASETS:
                 sel = [r["metrics"]["open_set_sweep"] for r in sweeps if r["dataset"] == dataset]
                 for i, row in enumerate(sel[0] if sel else []):
                     acc = [s_[i]["in_class_acceptance"] for s_ in sel]
                     rej = [s_[i]["unknown_rejection"] for s_ in sel]
-                    lines.append(f"| {dataset} | {row['percentile']:g} | {_mean_std(acc)} | "
-                                 f"{_mean_std(rej)} | {len(sel)} |")
+                    lines.append(
+                        f"| {dataset} | {row['percentile']:g} | {_mean_std(acc)} | "
+                        f"{_mean_std(rej)} | {len(sel)} |"
+                    )
         example = next(r for r in rows)
-        lines += ["", f"![{family}]({png.name})", "", "Exact command of each run (one example; the",
-                  "others differ in `--seed` and the comparison flags listed in `bench/study.py`):",
-                  "", "```bash", example["command"], "```", ""]
+        lines += [
+            "",
+            f"![{family}]({png.name})",
+            "",
+            "Exact command of each run (one example; the",
+            "others differ in `--seed` and the comparison flags listed in `bench/study.py`):",
+            "",
+            "```bash",
+            example["command"],
+            "```",
+            "",
+        ]
     DOCS.mkdir(exist_ok=True)
     out = DOCS / "results.md"
     # Hand-written reading of the figures below the marker survives regeneration.
@@ -239,7 +308,9 @@ def report() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--family", action="append", choices=list(EPOCHS))

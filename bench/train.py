@@ -65,14 +65,26 @@ def _batch(task: Task, cfg: TrainConfig, *, clips_per_video: int, frames: int) -
     return Batch(x, torch.randint(classes, (videos,), generator=g), clip_video)
 
 
-def bench_family(cfg: TrainConfig, device: torch.device, *, amp: bool, classes: int, steps: int,
-                 warmup: int, repeats: int, clips_per_video: int, frames: int) -> tuple[float, int]:
+def bench_family(
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    amp: bool,
+    classes: int,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    clips_per_video: int,
+    frames: int,
+) -> tuple[float, int]:
     """Inputs/s of ``training.run``'s step for one family and precision setting, and the
     number of inputs per step."""
     cfg = dataclasses.replace(cfg, amp=amp)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg, [f"class{i}" for i in range(classes)])
-    model = create_model(task.model_name, spec=task.spec(), **task.model_kwargs()).to(device).train()
+    model = (
+        create_model(task.model_name, spec=task.spec(), **task.model_kwargs()).to(device).train()
+    )
     channels_last = amp and channels_last_for(cfg.family, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -89,8 +101,15 @@ def bench_family(cfg: TrainConfig, device: torch.device, *, amp: bool, classes: 
         loss = torch.zeros(())
         for _ in range(n):
             batch = to_device(host, device, channels_last)  # the copy is part of a real step
-            loss, _ = train_step(model, task, batch, optimizer, autocast=autocast, scaler=scaler,
-                                 grad_clip=cfg.grad_clip)
+            loss, _ = train_step(
+                model,
+                task,
+                batch,
+                optimizer,
+                autocast=autocast,
+                scaler=scaler,
+                grad_clip=cfg.grad_clip,
+            )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{cfg.family}: loss {float(loss)}")
         if device.type == "cuda":
@@ -103,12 +122,20 @@ def bench_family(cfg: TrainConfig, device: torch.device, *, amp: bool, classes: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", choices=["demo", "paper"], default=None,
-                        help="model variant and hyperparameters (default: paper on CUDA, demo on CPU)")
+    parser.add_argument(
+        "--preset",
+        choices=["demo", "paper"],
+        default=None,
+        help="model variant and hyperparameters (default: paper on CUDA, demo on CPU)",
+    )
     parser.add_argument("--family", action="append", choices=list(FAMILIES))
-    parser.add_argument("--batch-size", type=int, default=0, help="videos (or clips) per step; 0: preset")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="videos (or clips) per step; 0: preset"
+    )
     parser.add_argument("--clips-per-video", type=int, default=4, help="video-level batches")
     parser.add_argument("--frames", type=int, default=64, help="full_video frames per video")
     parser.add_argument("--classes", type=int, default=0, help="0: 101 for paper, 4 for demo")
@@ -129,20 +156,38 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"device: cpu, {torch.get_num_threads()} threads, torch {torch.__version__}")
     modes = [("fp32", False), ("loop", True)] if device.type == "cuda" else [("loop", True)]
-    header = f"{'family':<16}{'model':<22}{'inputs/step':>12}" + "".join(f"{m + ' in/s':>14}" for m, _ in modes)
-    print(f"preset {preset}, {classes} classes\n" + header + (f"{'ratio':>8}" if len(modes) > 1 else ""))
+    header = f"{'family':<16}{'model':<22}{'inputs/step':>12}" + "".join(
+        f"{m + ' in/s':>14}" for m, _ in modes
+    )
+    print(
+        f"preset {preset}, {classes} classes\n"
+        + header
+        + (f"{'ratio':>8}" if len(modes) > 1 else "")
+    )
     for family in args.family or FAMILIES:
         cfg = apply_preset(TrainConfig(family=family, preset=preset, data="-"), explicit=set())
         if args.batch_size:
             cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
         if family == "ms3d" and cfg.batch_size % 2:
             cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size + 1)
-        results = [bench_family(cfg, device, amp=amp, classes=classes, steps=args.steps,
-                                warmup=args.warmup, repeats=args.repeats,
-                                clips_per_video=args.clips_per_video, frames=args.frames)
-                   for _, amp in modes]
+        results = [
+            bench_family(
+                cfg,
+                device,
+                amp=amp,
+                classes=classes,
+                steps=args.steps,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                clips_per_video=args.clips_per_video,
+                frames=args.frames,
+            )
+            for _, amp in modes
+        ]
         rates, inputs = [r for r, _ in results], results[0][1]
-        row = f"{family:<16}{cfg.resolved_model():<22}{inputs:>12}" + "".join(f"{r:>14.1f}" for r in rates)
+        row = f"{family:<16}{cfg.resolved_model():<22}{inputs:>12}" + "".join(
+            f"{r:>14.1f}" for r in rates
+        )
         print(row + (f"{rates[1] / rates[0]:>7.2f}x" if len(rates) > 1 else ""), flush=True)
     return 0
 

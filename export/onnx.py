@@ -48,7 +48,6 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from models.fileio import atomic_write
 from models.bundle import (
     ONNX_FILE,
     ONNX_INPUT,
@@ -58,6 +57,7 @@ from models.bundle import (
     load_bundle,
 )
 from models.clustering import temporal_cluster
+from models.fileio import atomic_write
 from models.pipeline import decode_for, prepare_inputs, run_network
 from models.spec import VariantSpec
 
@@ -174,7 +174,9 @@ class _ClusterOnly(nn.Module):
         return temporal_cluster(x, self.num_clusters, self.method)
 
 
-def temporal_cluster_function(num_clusters: int, method: str, opset: int = MIN_OPSET) -> onnx.FunctionProto:
+def temporal_cluster_function(
+    num_clusters: int, method: str, opset: int = MIN_OPSET
+) -> onnx.FunctionProto:
     """The model-local function ``actrec::TemporalCluster``: the clustering in standard ops.
 
     The body is traced from :func:`models.clustering.temporal_cluster` with every axis of the
@@ -196,7 +198,10 @@ def temporal_cluster_function(num_clusters: int, method: str, opset: int = MIN_O
         opset=opset,
         input_names=["x"],
         output_names=["means"],
-        dynamic_axes={"x": {i: f"d{i}" for i in range(5)}, "means": {0: "d0", 2: "d2", 3: "d3", 4: "d4"}},
+        dynamic_axes={
+            "x": {i: f"d{i}" for i in range(5)},
+            "means": {0: "d0", 2: "d2", 3: "d3", 4: "d4"},
+        },
     ).graph
     nodes = [_initializer_as_constant(init) for init in graph.initializer]
     for index, node in enumerate(graph.node):
@@ -227,7 +232,9 @@ def temporal_cluster_function(num_clusters: int, method: str, opset: int = MIN_O
 
 def _initializer_as_constant(tensor: onnx.TensorProto) -> onnx.NodeProto:
     # Function bodies hold no initializers; constants become Constant nodes.
-    return helper.make_node("Constant", [], [tensor.name], name=f"const_{tensor.name}", value=tensor)
+    return helper.make_node(
+        "Constant", [], [tensor.name], name=f"const_{tensor.name}", value=tensor
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +243,9 @@ def _initializer_as_constant(tensor: onnx.TensorProto) -> onnx.NodeProto:
 
 def _check_opset(opset: int) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET} (TensorRT 10 reads <= 20)")
+        raise ExportError(
+            f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET} (TensorRT 10 reads <= 20)"
+        )
 
 
 def _trace_to_onnx(
@@ -344,7 +353,11 @@ class OnnxForward:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[str] | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -353,7 +366,8 @@ class OnnxForward:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+            str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
         self.providers: list[str] = self._session.get_providers()
@@ -369,20 +383,27 @@ def onnx_forward(path: str | os.PathLike, *, threads: int | None = None) -> Onnx
 
 
 def _compare(
-    name: str, inputs: Tensor, torch_forward: Callable[[Tensor], Tensor], ort_forward: Callable[[Tensor], Tensor]
+    name: str,
+    inputs: Tensor,
+    torch_forward: Callable[[Tensor], Tensor],
+    ort_forward: Callable[[Tensor], Tensor],
 ) -> Verification:
     with torch.no_grad():
         expected = run_network(torch_forward, inputs)
     got = run_network(ort_forward, inputs)
     if got.shape != expected.shape:
-        raise ExportError(f"{name}: ONNX Runtime output {tuple(got.shape)} != PyTorch {tuple(expected.shape)}")
+        raise ExportError(
+            f"{name}: ONNX Runtime output {tuple(got.shape)} != PyTorch {tuple(expected.shape)}"
+        )
     diff = float((got - expected).abs().max()) if expected.numel() else 0.0
     if not np.isfinite(diff):
         diff = float("inf")
     return Verification(name, tuple(inputs.shape), tuple(expected.shape), diff)
 
 
-def _verification_inputs(spec: VariantSpec, video: str | os.PathLike | None) -> list[tuple[str, Tensor]]:
+def _verification_inputs(
+    spec: VariantSpec, video: str | os.PathLike | None
+) -> list[tuple[str, Tensor]]:
     cases: list[tuple[str, Tensor]] = []
     if spec.input_frames:
         cases.append(("spec N=3", example_input(spec, clips=3)))
@@ -448,7 +469,9 @@ def export_onnx(
     except ExportError:
         raise
     except Exception as err:  # the tracer raises many types; name the bundle and the cause
-        raise ExportError(f"{bundle.path}: ONNX export of {bundle.model_name} failed: {err}") from err
+        raise ExportError(
+            f"{bundle.path}: ONNX export of {bundle.model_name} failed: {err}"
+        ) from err
     export_s = time.perf_counter() - started
     results: list[Verification] = []
 
@@ -458,7 +481,9 @@ def export_onnx(
         for name, inputs in _verification_inputs(spec, video):
             result = _compare(name, inputs, model, forward)
             results.append(result)
-            print(f"{bundle.name}: {name} {list(result.shape)} max abs diff {result.max_abs_diff:.3e}")
+            print(
+                f"{bundle.name}: {name} {list(result.shape)} max abs diff {result.max_abs_diff:.3e}"
+            )
         worst = max(r.max_abs_diff for r in results)
         if not worst <= tolerance:
             raise ExportError(
@@ -486,7 +511,10 @@ def export_onnx(
         "dims": dims,
         "max_abs_diff": worst,
         "tolerance": tolerance,
-        "verified_on": [{"name": r.name, "shape": list(r.shape), "max_abs_diff": r.max_abs_diff} for r in results],
+        "verified_on": [
+            {"name": r.name, "shape": list(r.shape), "max_abs_diff": r.max_abs_diff}
+            for r in results
+        ],
         "exporter": f"torch.onnx (TorchScript) {torch.__version__}",
         "export_s": round(export_s, 2),
         "optimized": optimize,
@@ -510,12 +538,22 @@ def export_onnx(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.onnx``: export and verify; exit 1 with the reason on failure."""
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--bundle", required=True, help="model bundle directory")
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset {MIN_OPSET}..{MAX_OPSET}")
-    parser.add_argument("--video", help="a real video to verify on (decoded, sampled as in serving)")
-    parser.add_argument("--tolerance", type=float, default=None, help=f"max abs diff (default {DEFAULT_TOLERANCE})")
-    parser.add_argument("--no-optimize", action="store_true", help="skip constant folding (faster export)")
+    parser.add_argument(
+        "--opset", type=int, default=MIN_OPSET, help=f"ONNX opset {MIN_OPSET}..{MAX_OPSET}"
+    )
+    parser.add_argument(
+        "--video", help="a real video to verify on (decoded, sampled as in serving)"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help=f"max abs diff (default {DEFAULT_TOLERANCE})"
+    )
+    parser.add_argument(
+        "--no-optimize", action="store_true", help="skip constant folding (faster export)"
+    )
     args = parser.parse_args(argv)
     from models.bundle import BundleError
     from video.errors import VideoError
@@ -532,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
     info = bundle.file_info(ONNX_FILE)
-    print(f"wrote {bundle.path / ONNX_FILE} (opset {info['opset']}, max abs diff {info['max_abs_diff']:.3e})")
+    print(
+        f"wrote {bundle.path / ONNX_FILE} (opset {info['opset']}, "
+        f"max abs diff {info['max_abs_diff']:.3e})"
+    )
     return 0
 
 

@@ -60,7 +60,9 @@ def _define(trtp: Any) -> None:
     """Declare shape/type, autotune and implementation of the plugin to ``tensorrt.plugin``."""
 
     @trtp.register(PLUGIN_ID)
-    def temporal_cluster_desc(x: trtp.TensorDesc, num_clusters: int, method: str) -> trtp.TensorDesc:
+    def temporal_cluster_desc(
+        x: trtp.TensorDesc, num_clusters: int, method: str
+    ) -> trtp.TensorDesc:
         # (N, T, C, H, W) -> (N, g, C, H, W), same dtype: only the frame axis changes.
         out = x.like()
         out.shape_expr[1] = num_clusters

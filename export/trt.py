@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.fileio import atomic_write_bytes
 from models.bundle import (
     ONNX_FILE,
     ONNX_INPUT,
@@ -38,6 +37,7 @@ from models.bundle import (
     load_bundle,
     plan_name,
 )
+from models.fileio import atomic_write_bytes
 
 __all__ = ["TensorRTMissing", "INSTALL_HINT", "build_engine", "profile_shapes", "main"]
 
@@ -60,7 +60,9 @@ def _import_tensorrt() -> Any:
     import torch
 
     if not torch.cuda.is_available():
-        raise TensorRTMissing("export.trt needs a CUDA device; none is visible (TensorRT builds per GPU)")
+        raise TensorRTMissing(
+            "export.trt needs a CUDA device; none is visible (TensorRT builds per GPU)"
+        )
     return trt
 
 
@@ -79,7 +81,9 @@ def profile_shapes(
         shape = onnx_info["inputs"][0]["shape"]
         dims = onnx_info["dims"]
     except (KeyError, IndexError):
-        raise BundleError("manifest entry of model.onnx lacks inputs/dims; re-run python -m export.onnx") from None
+        raise BundleError(
+            "manifest entry of model.onnx lacks inputs/dims; re-run python -m export.onnx"
+        ) from None
     ranges = {name: [int(r["min"]), int(r["opt"]), int(r["max"])] for name, r in dims.items()}
     if max_frames is not None and "frames" in ranges:
         if max_frames < 1:
@@ -160,13 +164,17 @@ def build_engine(
     profile.set_shape(ONNX_INPUT, *shapes)
     config.add_optimization_profile(profile)
 
-    cache_path = bundle.path.parent / f"{bundle.name}.{plan[len('model.'):-len('.plan')]}.timing-cache"
+    cache_path = (
+        bundle.path.parent / f"{bundle.name}.{plan[len('model.') : -len('.plan')]}.timing-cache"
+    )
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+        raise RuntimeError(
+            f"TensorRT failed to build an engine from {onnx_path} (see the log above)"
+        )
     atomic_write_bytes(bundle.path / plan, bytes(serialized))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     names = ("min", "opt", "max")
@@ -186,11 +194,15 @@ def build_engine(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.trt``: 0 built, 1 failed, 2 TensorRT or a GPU missing."""
-    parser = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.trt", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--bundle", required=True, help="model bundle directory (with model.onnx)")
     parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace, GiB")
-    parser.add_argument("--max-frames", type=int, default=None, help="largest frame count (full_video)")
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help="largest frame count (full_video)"
+    )
     args = parser.parse_args(argv)
     try:
         _import_tensorrt()

@@ -63,7 +63,8 @@ class TrtEngine:
         info = bundle.file_info(self.plan)
         if info.get("tensorrt") and info["tensorrt"] != trt.__version__:
             raise RuntimeError(
-                f"{path} was built with TensorRT {info['tensorrt']}, this is {trt.__version__}; rebuild it"
+                f"{path} was built with TensorRT {info['tensorrt']}, "
+                f"this is {trt.__version__}; rebuild it"
             )
         from export.plugin import register
 
@@ -80,7 +81,9 @@ class TrtEngine:
         self._lock = threading.Lock()
 
     def _check(self, shape: tuple[int, ...]) -> None:
-        for axis, (low, size, high) in enumerate(zip(self.min_shape[1:], shape[1:], self.max_shape[1:]), 1):
+        for axis, (low, size, high) in enumerate(
+            zip(self.min_shape[1:], shape[1:], self.max_shape[1:]), 1
+        ):
             if not low <= size <= high:
                 raise ValueError(
                     f"input axis {axis} is {size}, the engine takes {low}..{high} "

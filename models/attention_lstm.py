@@ -120,7 +120,11 @@ def _tap_index(tap: str, batch_norm: bool) -> int:
         return VGG16_TAPS[tap][0]
     # Same layer, counted in the list where every conv is followed by a BatchNorm2d.
     plain = VGG16_TAPS[tap][0]
-    convs_before = sum(1 for i, layer in enumerate(_vgg16_layers(1.0)) if i <= plain and isinstance(layer, nn.Conv2d))
+    convs_before = sum(
+        1
+        for i, layer in enumerate(_vgg16_layers(1.0))
+        if i <= plain and isinstance(layer, nn.Conv2d)
+    )
     return plain + convs_before
 
 
@@ -171,7 +175,11 @@ class VGG16Features(nn.Module):
     """
 
     def __init__(
-        self, *, width: float = 1.0, taps: Sequence[str] = ("pool4", "conv5_3"), batch_norm: bool = False
+        self,
+        *,
+        width: float = 1.0,
+        taps: Sequence[str] = ("pool4", "conv5_3"),
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if width <= 0:
@@ -182,7 +190,9 @@ class VGG16Features(nn.Module):
         self.taps = tuple(taps)
         self.batch_norm = batch_norm
         self.tap_indices = tuple(_tap_index(t, batch_norm) for t in self.taps)
-        self.features = nn.Sequential(*_vgg16_layers(width, batch_norm)[: max(self.tap_indices) + 1])
+        self.features = nn.Sequential(
+            *_vgg16_layers(width, batch_norm)[: max(self.tap_indices) + 1]
+        )
         self.channels = tuple(self._out_channels(i) for i in self.tap_indices)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -419,8 +429,10 @@ class AttentionJointLSTM(nn.Module):
             raise ValueError(f"expected {len(self.grids)} levels, got {len(feats)}")
         for f, g in zip(feats, self.grids):
             if tuple(f.shape[-2:]) != g:
-                raise ValueError(f"feature grid {tuple(f.shape[-2:])} != model grid {g}; "
-                                 "build the model for this input_size")
+                raise ValueError(
+                    f"feature grid {tuple(f.shape[-2:])} != model grid {g}; "
+                    "build the model for this input_size"
+                )
         n, t = feats[0].shape[0], feats[0].shape[2]
         steps = [f.transpose(1, 2) for f in feats]  # (N, T, C, Kh, Kw): one slice per step
         zeros = feats[0].new_zeros(n, self.hidden_size)

@@ -272,13 +272,19 @@ def load_bundle(directory: str | os.PathLike, *, verify: bool = True) -> Bundle:
             if not path.is_file():
                 raise BundleError(f"{directory}: {name} is missing")
             if sha256_file(path) != info["sha256"]:
-                raise BundleError(f"{directory}: {name} fails its sha256 check; refusing the bundle")
+                raise BundleError(
+                    f"{directory}: {name} fails its sha256 check; refusing the bundle"
+                )
     return Bundle(directory, manifest)
 
 
 # Format 1 kept the clip shape in the sampler kwargs and repeated it in the network kwargs.
-_V1_SHAPE_KEYS = {"clip_len": "clip_len", "sizes": "pathways", "min_frames": "segments",
-                  "num_segments": "segments"}
+_V1_SHAPE_KEYS = {
+    "clip_len": "clip_len",
+    "sizes": "pathways",
+    "min_frames": "segments",
+    "num_segments": "segments",
+}
 _V1_NETWORK_SHAPE_KEYS = ("clip_len", "input_size", "pathway_sizes", "num_clusters")
 
 

@@ -11,8 +11,9 @@ is 1x2x2 (keeps time), pools 2-5 are 2x2x2 with ceil rounding, so a 16x112x112 c
 256x1x4x4 = 4096 features; fc6 and fc7 have ``fc_dim`` units (4096 as the authors' code);
 dropout 0.05. ``norm=True`` adds BatchNorm after each convolution (not in the paper; the
 CPU-sized variant uses it because the plain stack trained from scratch sits at chance for a
-seed-dependent number of epochs, which swamps the loss comparisons). A video is split into consecutive non-overlapping 16-frame clips and the clip
-predictions are combined by majority vote (:func:`models.aggregators.majority_vote`).
+seed-dependent number of epochs, which swamps the loss comparisons). A video is split into
+consecutive non-overlapping 16-frame clips and the clip predictions are combined by majority
+vote (:func:`models.aggregators.majority_vote`).
 """
 
 from __future__ import annotations

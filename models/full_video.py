@@ -30,14 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
-from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
 from models.clustering import (
     CLUSTERING_MODES,
     assign_clusters,
     hamming_distances,
     temporal_cluster,
 )
+from models.registry import register_model
+from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
 
 __all__ = [
     "BACKBONES",
@@ -376,9 +376,7 @@ def full_video_tsm(*, spec: VariantSpec, num_classes: int = 101, **kwargs: Any) 
 
 
 @register_model(spec=_spec("all", _PAPER_SIZE, 1, decode_size=_PAPER_DECODE))
-def full_video_tsm_all(
-    *, spec: VariantSpec, num_classes: int = 101, **kwargs: Any
-) -> FullVideoNet:
+def full_video_tsm_all(*, spec: VariantSpec, num_classes: int = 101, **kwargs: Any) -> FullVideoNet:
     """Baseline "TSM all": TSM on every frame of the video, no clustering.
 
     Args as in :func:`full_video_tsm`.
@@ -388,9 +386,7 @@ def full_video_tsm_all(
 
 
 @register_model(spec=_spec("uniform", _TINY_SIZE, 8))
-def full_video_tiny_tsm(
-    *, spec: VariantSpec, num_classes: int = 4, **kwargs: Any
-) -> FullVideoNet:
+def full_video_tiny_tsm(*, spec: VariantSpec, num_classes: int = 4, **kwargs: Any) -> FullVideoNet:
     """CPU-scale TSM-k baseline (k = 8 uniformly sampled frames) for Move4Digits.
 
     Args as in :func:`full_video_tsm`.

@@ -90,7 +90,13 @@ def inputs_from_indices(
     """Frames at ``indices`` -> normalised ``(N, 3, L, h, w)`` input, cropped as the spec says
     (centre crop in evaluation, random crop and optional flip in training)."""
     return clips_to_tensor(
-        frames, indices, mean=spec.mean, std=spec.std, crop=spec.crop(), train=train, rng=rng,
+        frames,
+        indices,
+        mean=spec.mean,
+        std=spec.std,
+        crop=spec.crop(),
+        train=train,
+        rng=rng,
         hflip=hflip,
     )
 

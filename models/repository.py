@@ -32,8 +32,8 @@ import safetensors.numpy
 import torch
 from safetensors import safe_open
 
-from models.fileio import atomic_write_bytes
 from models.aggregators import VideoScores, nearest_centre
+from models.fileio import atomic_write_bytes
 
 __all__ = [
     "Judgement",

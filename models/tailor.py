@@ -167,9 +167,7 @@ def tailor_frames(
     if boxes.shape != (len(frames), 4):
         raise ValueError(f"expected ({len(frames)}, 4) boxes, got {boxes.shape}")
     height, width = frames.shape[1:3]
-    weights = np.stack(
-        [tailor_weights(height, width, b, eta=eta, xi=xi, band=band) for b in boxes]
-    )
+    weights = np.stack([tailor_weights(height, width, b, eta=eta, xi=xi, band=band) for b in boxes])
     if frames.ndim == 4:
         weights = weights[..., None]
     out = frames.astype(np.float32) * weights
@@ -178,9 +176,7 @@ def tailor_frames(
     return out.astype(frames.dtype)
 
 
-def motion_boxes(
-    frames: np.ndarray, *, threshold: float = 25.0, min_pixels: int = 4
-) -> np.ndarray:
+def motion_boxes(frames: np.ndarray, *, threshold: float = 25.0, min_pixels: int = 4) -> np.ndarray:
     """Per frame, the box around the pixels that changed since the neighbouring frame.
 
     The grey-level absolute difference ``|F_t - F_{t-1}|`` (the first frame uses the
@@ -318,8 +314,7 @@ def decode_yolo_output(
         return best[:4].copy(), float(best[4])
     if arr.shape[1] <= first_class + person_class:
         raise ValueError(
-            f"{layout} output with {arr.shape[1]} values per candidate has no class "
-            f"{person_class}"
+            f"{layout} output with {arr.shape[1]} values per candidate has no class {person_class}"
         )
     score = arr[:, first_class + person_class]
     if layout == "yolov5":

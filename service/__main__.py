@@ -25,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="interface to listen on (ACTREC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (ACTREC_PORT, default 8000)")
     parser.add_argument("--default-model", help="bundle used when a request names none")
-    parser.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                        help="backend for every bundle (ACTREC_BACKEND, default auto)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        help="backend for every bundle (ACTREC_BACKEND, default auto)",
+    )
     return parser
 
 
@@ -39,12 +42,19 @@ def serve(overrides: dict | None = None) -> None:
     from service.settings import Settings
 
     settings = Settings(**(overrides or {}))
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
     # The app logs one line per request with its id; uvicorn's access log would double it.
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
-                log_level=settings.log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,16 +81,27 @@ class RequestContext:
             log.exception("unhandled error in request %s", request_id)
             status = 500
             if not response_started:
-                await error_response(500, "internal", "internal error; see the server log",
-                                     {REQUEST_ID_HEADER: request_id})(scope, receive, send)
+                await error_response(
+                    500,
+                    "internal",
+                    "internal error; see the server log",
+                    {REQUEST_ID_HEADER: request_id},
+                )(scope, receive, send)
         finally:
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(seconds)
             model = scope["state"].get("model", "-")
-            access_log.info("%s %s %s %d %.1fms model=%s", request_id, scope["method"],
-                            scope["path"], status, seconds * 1000.0, model)
+            access_log.info(
+                "%s %s %s %d %.1fms model=%s",
+                request_id,
+                scope["method"],
+                scope["path"],
+                status,
+                seconds * 1000.0,
+                model,
+            )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -110,8 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     queue = WorkQueue(settings.queue_size, settings.decode_workers, settings.inference_workers)
     metrics.watch_queue(lambda: queue.depth, settings.queue_size)
-    state = ServiceState(settings=settings, store=ModelStore(settings), queue=queue,
-                         metrics=metrics)
+    state = ServiceState(
+        settings=settings, store=ModelStore(settings), queue=queue, metrics=metrics
+    )
     if settings.upload_dir is not None:
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
 

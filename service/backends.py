@@ -88,8 +88,9 @@ def choose_backend(preference: str, offer: Offer) -> str:
         if not offer.tensorrt:
             raise BackendUnavailable("TensorRT is not installed or no CUDA device is present")
         if not offer.plan:
-            raise BackendUnavailable("the bundle has no TensorRT plan for this GPU; "
-                                     "run python -m export.trt")
+            raise BackendUnavailable(
+                "the bundle has no TensorRT plan for this GPU; run python -m export.trt"
+            )
         return "tensorrt"
     raise ValueError(f"unknown backend {preference!r}")
 
@@ -184,8 +185,9 @@ def _tensorrt_backend(bundle: Bundle) -> Backend:
     return Backend("tensorrt", forward, engine.describe())
 
 
-def load_backend(bundle: Bundle, preference: str = "auto", *, device: str = "auto",
-                 threads: int = 0) -> Backend:
+def load_backend(
+    bundle: Bundle, preference: str = "auto", *, device: str = "auto", threads: int = 0
+) -> Backend:
     """Choose and load the backend for ``bundle``.
 
     Args:

@@ -20,9 +20,16 @@ from video.errors import VideoError
 __all__ = ["ERROR_RESPONSES", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
 
 # Codes for Starlette's own errors (wrong path, wrong method...).
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-                 413: "too_large", 415: "unsupported_media", 422: "invalid_parameters",
-                 500: "internal", 503: "unavailable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media",
+    422: "invalid_parameters",
+    500: "internal",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
@@ -35,8 +42,9 @@ class ApiError(Exception):
         headers: Extra response headers (e.g. ``Retry-After``).
     """
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -55,18 +63,22 @@ class ErrorBody(BaseModel):
     error: _ErrorDetail
 
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The JSON response for an error."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def _validation_message(err: RequestValidationError) -> str:
     parts = []
     for item in err.errors()[:5]:
         where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid"))
+        parts.append(
+            f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid")
+        )
     return "; ".join(parts) or "invalid parameters"
 
 
@@ -99,8 +111,9 @@ def _doc(what: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("not a decodable video (empty, not a video, truncated, corrupt, a still image)"),
     404: _doc("unknown model, or unknown class"),
-    413: _doc("upload larger than max_upload_bytes, or video over the duration, frame or "
-                   "resolution caps"),
+    413: _doc(
+        "upload larger than max_upload_bytes, or video over the duration, frame or resolution caps"
+    ),
     415: _doc("the file holds no video stream (e.g. audio only)"),
     422: _doc("bad parameters: no `file` field, not multipart/form-data, bad label"),
     503: _doc("not ready, queue full, or the request timed out; see Retry-After"),

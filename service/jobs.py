@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from models.pipeline import decode_for
 from service.metrics import Metrics
 from service.queue import WorkQueue
 from service.settings import Settings
 from service.store import LoadedModel, Outcome
-from models.pipeline import decode_for
 from video.decode import DecodeLimits, VideoMeta
 
 __all__ = ["RecognitionResult", "decode_limits", "embed_job", "recognize_job"]
@@ -35,17 +35,23 @@ class RecognitionResult:
 
 def decode_limits(settings: Settings) -> DecodeLimits:
     """The caps every uploaded video is decoded under."""
-    return DecodeLimits(max_frames=settings.max_frames, max_duration_s=settings.max_duration_s,
-                        max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
+    return DecodeLimits(
+        max_frames=settings.max_frames,
+        max_duration_s=settings.max_duration_s,
+        max_pixels=settings.max_pixels,
+        max_bytes=settings.max_upload_bytes,
+    )
 
 
-def _decode(model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue,
-            metrics: Metrics) -> tuple[np.ndarray, VideoMeta, float]:
+def _decode(
+    model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue, metrics: Metrics
+) -> tuple[np.ndarray, VideoMeta, float]:
     with queue.decoding():
         started = time.perf_counter()
         try:
-            frames, meta = decode_for(path, model.spec, limits=decode_limits(settings),
-                                      threads=settings.decode_threads)
+            frames, meta = decode_for(
+                path, model.spec, limits=decode_limits(settings), threads=settings.decode_threads
+            )
         finally:
             path.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
@@ -53,8 +59,9 @@ def _decode(model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue
     return frames, meta, seconds * 1000.0
 
 
-def recognize_job(model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue,
-                  metrics: Metrics) -> RecognitionResult:
+def recognize_job(
+    model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue, metrics: Metrics
+) -> RecognitionResult:
     """Decode the uploaded video at ``path`` and recognise it with ``model``."""
     frames, meta, decode_ms = _decode(model, path, settings, queue, metrics)
     outcome, seconds = queue.infer(_timed, model.predict, frames)
@@ -69,8 +76,9 @@ def _timed(fn, *args):
     return result, time.perf_counter() - started
 
 
-def embed_job(model: LoadedModel, paths: list[Path], settings: Settings, queue: WorkQueue,
-              metrics: Metrics) -> list[np.ndarray]:
+def embed_job(
+    model: LoadedModel, paths: list[Path], settings: Settings, queue: WorkQueue, metrics: Metrics
+) -> list[np.ndarray]:
     """Walk embeddings of each example video, for enrolment."""
     out = []
     try:

@@ -35,24 +35,40 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("actrec_requests_total", "Answered HTTP requests",
-                                ["route", "method", "status"], registry=r)
-        self.request_seconds = Histogram("actrec_request_seconds", "Whole-request latency",
-                                         ["route"], buckets=_BUCKETS, registry=r)
-        self.decode_seconds = Histogram("actrec_decode_seconds", "Video decode time",
-                                        ["model"], buckets=_BUCKETS, registry=r)
+        self.requests = Counter(
+            "actrec_requests_total",
+            "Answered HTTP requests",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "actrec_request_seconds",
+            "Whole-request latency",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.decode_seconds = Histogram(
+            "actrec_decode_seconds", "Video decode time", ["model"], buckets=_BUCKETS, registry=r
+        )
         self.inference_seconds = Histogram(
-            "actrec_inference_seconds", "Sampling, network and aggregation time",
-            ["model", "backend"], buckets=_BUCKETS, registry=r)
-        self.queue_depth = Gauge("actrec_queue_depth", "Admitted requests in progress",
-                                 registry=r)
-        self.queue_capacity = Gauge("actrec_queue_capacity", "Most requests admitted at once",
-                                    registry=r)
-        self.rejected = Counter("actrec_rejected_total", "Requests refused for load",
-                                ["reason"], registry=r)
+            "actrec_inference_seconds",
+            "Sampling, network and aggregation time",
+            ["model", "backend"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("actrec_queue_depth", "Admitted requests in progress", registry=r)
+        self.queue_capacity = Gauge(
+            "actrec_queue_capacity", "Most requests admitted at once", registry=r
+        )
+        self.rejected = Counter(
+            "actrec_rejected_total", "Requests refused for load", ["reason"], registry=r
+        )
         self.models_loaded = Gauge("actrec_models_loaded", "Models loaded and warm", registry=r)
-        self.model_info = Gauge("actrec_model_info", "One per loaded model",
-                                ["model", "family", "backend"], registry=r)
+        self.model_info = Gauge(
+            "actrec_model_info", "One per loaded model", ["model", "family", "backend"], registry=r
+        )
 
     def watch_queue(self, depth: Callable[[], int], capacity: int) -> None:
         """Read the queue depth at scrape time."""

@@ -50,8 +50,20 @@ def _ensure_bundle(family: str, data: Path, store: Path, train_args: Sequence[st
     if is_bundle(bundle):
         log.info("bundle %s is there", bundle)
         return bundle
-    cmd = [sys.executable, "-m", "training.run", "--family", family, "--data", str(data),
-           "--out", str(store), "--name", bundle.name, *train_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.run",
+        "--family",
+        family,
+        "--data",
+        str(data),
+        "--out",
+        str(store),
+        "--name",
+        bundle.name,
+        *train_args,
+    ]
     log.info("training: %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
     return bundle
@@ -70,7 +82,7 @@ def _ensure_onnx(bundle: Path) -> None:
     log.info("exporting %s to ONNX", bundle.name)
     try:
         export_onnx(bundle)
-    except Exception as err:  # noqa: BLE001  a failed export must not stop the demo: torch serves it
+    except Exception as err:
         log.warning("ONNX export of %s failed (%s); it is served with PyTorch", bundle.name, err)
 
 
@@ -83,8 +95,14 @@ def _sample_video(data: Path) -> Path:
     return next(data.rglob("*.mp4"))
 
 
-def prepare(data: Path, store: Path, *, families: Sequence[str] = FAMILIES, per_class: int = 60,
-            train_args: Sequence[str] = ()) -> list[Path]:
+def prepare(
+    data: Path,
+    store: Path,
+    *,
+    families: Sequence[str] = FAMILIES,
+    per_class: int = 60,
+    train_args: Sequence[str] = (),
+) -> list[Path]:
     """Data, bundles and ONNX files, each made only when missing; returns the bundle paths."""
     _ensure_data(data, per_class)
     store.mkdir(parents=True, exist_ok=True)
@@ -109,8 +127,10 @@ def _announce_when_ready(host: str, port: int, video: Path, models: list[str]) -
         time.sleep(0.5)
     else:
         return
-    lines = [f"\nReady. Recognise a video ({models[0]} answers by default):\n",
-             f"  curl -F file=@{video} {base}/recognize\n"]
+    lines = [
+        f"\nReady. Recognise a video ({models[0]} answers by default):\n",
+        f"  curl -F file=@{video} {base}/recognize\n",
+    ]
     for other in models[1:]:
         lines.append(f"  curl -F file=@{video} -F model={other} {base}/recognize\n")
     lines.append(f"\nModels: {base}/models   API docs: {base}/docs\n")
@@ -121,27 +141,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.quickstart",
         description="Generate Move4Digits, train and export the four demo bundles (each only "
-        "when missing), then serve them.", allow_abbrev=False)
+        "when missing), then serve them.",
+        allow_abbrev=False,
+    )
     parser.add_argument("--data", type=Path, default=Path("data/move4digits"))
     parser.add_argument("--store", type=Path, default=Path("store"))
     parser.add_argument("--per-class", type=int, default=60, help="videos per class to generate")
-    parser.add_argument("--families", default=",".join(FAMILIES),
-                        help="comma-separated families to train and serve")
-    parser.add_argument("--train-arg", action="append", default=[],
-                        help="extra flag for training.run, repeatable (e.g. --train-arg=--epochs=1)")
+    parser.add_argument(
+        "--families", default=",".join(FAMILIES), help="comma-separated families to train and serve"
+    )
+    parser.add_argument(
+        "--train-arg",
+        action="append",
+        default=[],
+        help="extra flag for training.run, repeatable (e.g. --train-arg=--epochs=1)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-serve", action="store_true", help="prepare only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("onnxscript", "onnx_ir"):  # the exporter's per-pass chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
-    bundles = prepare(args.data, args.store, families=families, per_class=args.per_class,
-                      train_args=args.train_arg)
+    bundles = prepare(
+        args.data,
+        args.store,
+        families=families,
+        per_class=args.per_class,
+        train_args=args.train_arg,
+    )
     names = [b.name for b in bundles]
     if args.no_serve:
         print(json.dumps({"store": str(args.store), "bundles": names}))
@@ -149,8 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.__main__ import serve
 
     video = _sample_video(args.data).resolve()
-    threading.Thread(target=_announce_when_ready, args=(args.host, args.port, video, names),
-                     daemon=True).start()
+    threading.Thread(
+        target=_announce_when_ready, args=(args.host, args.port, video, names), daemon=True
+    ).start()
     serve({"store": args.store, "host": args.host, "port": args.port, "default_model": names[0]})
     return 0
 

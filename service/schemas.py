@@ -24,8 +24,10 @@ __all__ = [
 
 class Scored(BaseModel):
     label: str
-    score: float = Field(description="vote fraction (c3d_vll, attention_lstm), mean softmax "
-                         "probability (full_video) or exp(-distance) (ms3d)")
+    score: float = Field(
+        description="vote fraction (c3d_vll, attention_lstm), mean softmax "
+        "probability (full_video) or exp(-distance) (ms3d)"
+    )
 
 
 class Timing(BaseModel):
@@ -42,15 +44,21 @@ class Distance(BaseModel):
 class Detail(BaseModel):
     """How the answer was reached; fields present depend on the family's aggregator."""
 
-    aggregator: str = Field(description="majority_vote, last_steps_vote, mean_prob or nearest_centre")
+    aggregator: str = Field(
+        description="majority_vote, last_steps_vote, mean_prob or nearest_centre"
+    )
     clip_predictions: list[str] | None = Field(
-        None, description="voting families: each clip's own class, in clip order")
+        None, description="voting families: each clip's own class, in clip order"
+    )
     votes: dict[str, int] | None = Field(
-        None, description="voting families: clip votes per class that got any, best first")
+        None, description="voting families: clip votes per class that got any, best first"
+    )
     distances: list[Distance] | None = Field(
-        None, description="ms3d: distance to every class centre, nearest first")
+        None, description="ms3d: distance to every class centre, nearest first"
+    )
     gamma: float | None = Field(
-        None, description="ms3d: the unknown threshold (null: never unknown)")
+        None, description="ms3d: the unknown threshold (null: never unknown)"
+    )
 
 
 class RecognizeResponse(BaseModel):

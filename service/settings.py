@@ -29,46 +29,70 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACTREC_", extra="forbid")
 
     # --- what to serve, where
-    store: Path = Field(Path("store"), description="directory of model bundles (one per subdirectory)")
+    store: Path = Field(
+        Path("store"), description="directory of model bundles (one per subdirectory)"
+    )
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     default_model: str | None = Field(
-        None, description="bundle used when a request names none (default: first by name)")
+        None, description="bundle used when a request names none (default: first by name)"
+    )
 
     # --- backends
     backend: BackendName = Field(
-        "auto", description="auto: TensorRT plan, else ONNX Runtime, else PyTorch, per bundle")
+        "auto", description="auto: TensorRT plan, else ONNX Runtime, else PyTorch, per bundle"
+    )
     model_backends: dict[str, BackendName] = Field(
-        default_factory=dict, description="per-bundle override of `backend`, e.g. {name: torch}")
+        default_factory=dict, description="per-bundle override of `backend`, e.g. {name: torch}"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where torch and ONNX Runtime run (auto: CUDA when present)")
+        "auto", description="where torch and ONNX Runtime run (auto: CUDA when present)"
+    )
     compute_threads: int = Field(
-        0, ge=0, description="intra-op threads of one inference (torch, ONNX Runtime); 0: library default")
+        0,
+        ge=0,
+        description="intra-op threads of one inference (torch, ONNX Runtime); 0: library default",
+    )
     batch_size: int = Field(16, ge=1, description="network inputs (clips) per forward call")
     max_clips: int = Field(
-        0, ge=0, description="cap on clips per video; 0 uses the bundle's evaluation cap "
-        "(a different cap makes answers differ from training.run's evaluation)")
-    warmup: bool = Field(True, description="run one dummy inference per model before /readyz is 200")
+        0,
+        ge=0,
+        description="cap on clips per video; 0 uses the bundle's evaluation cap "
+        "(a different cap makes answers differ from training.run's evaluation)",
+    )
+    warmup: bool = Field(
+        True, description="run one dummy inference per model before /readyz is 200"
+    )
     load_in_background: bool = Field(
-        True, description="load models after the server starts listening (/readyz 503 meanwhile)")
+        True, description="load models after the server starts listening (/readyz 503 meanwhile)"
+    )
 
     # --- limits per request
-    max_upload_bytes: int = Field(100_000_000, gt=0, description="largest uploaded file (413 above)")
+    max_upload_bytes: int = Field(
+        100_000_000, gt=0, description="largest uploaded file (413 above)"
+    )
     max_duration_s: float = Field(300.0, gt=0, description="longest video in seconds (413 above)")
     max_frames: int = Field(9000, gt=0, description="most frames in a video (413 above)")
     max_pixels: int = Field(
-        3840 * 2160, gt=0, description="largest source frame as width*height (413 above)")
+        3840 * 2160, gt=0, description="largest source frame as width*height (413 above)"
+    )
     max_enrol_videos: int = Field(16, ge=1, description="most example videos in one enrolment")
     request_timeout_s: float = Field(
-        120.0, gt=0, description="upload + decode + inference budget of one request (503 after)")
+        120.0, gt=0, description="upload + decode + inference budget of one request (503 after)"
+    )
 
     # --- load
     queue_size: int = Field(
-        8, ge=1, description="requests admitted at once (uploading, waiting, decoding or "
-        "inferring); one more gets 503 with Retry-After")
+        8,
+        ge=1,
+        description="requests admitted at once (uploading, waiting, decoding or "
+        "inferring); one more gets 503 with Retry-After",
+    )
     inference_workers: int = Field(1, ge=1, description="inferences run at the same time")
     decode_workers: int = Field(2, ge=1, description="videos decoded at the same time")
     decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg threads per decode")
     retry_after_s: int = Field(2, ge=1, description="Retry-After header value on 503")
-    upload_dir: Path | None = Field(None, description="where uploads are spooled (default: system temp)")
+    upload_dir: Path | None = Field(
+        None, description="where uploads are spooled (default: system temp)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

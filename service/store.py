@@ -34,8 +34,8 @@ from models.bundle import (
     load_bundle,
 )
 from models.pipeline import Prediction, embed_video, predict_frames
-from models.spec import VariantSpec
 from models.repository import Repository, RepositoryError
+from models.spec import VariantSpec
 from service.backends import Backend, BackendUnavailable, load_backend
 from service.errors import ApiError
 from service.settings import Settings
@@ -105,12 +105,21 @@ class LoadedModel:
         labels = self.bundle.labels
         if repo is not None:
             if not len(repo):
-                raise ApiError(409, "empty_repository",
-                               f"model {self.name!r} has no enrolled class to judge against")
+                raise ApiError(
+                    409,
+                    "empty_repository",
+                    f"model {self.name!r} has no enrolled class to judge against",
+                )
             centres, gamma, labels = repo.centres_tensor(), repo.gamma, repo.names
-        pred = predict_frames(self.backend.forward, frames, self.spec,
-                              batch_size=self.batch_size, max_inputs=self.max_inputs,
-                              centres=centres, gamma=gamma)
+        pred = predict_frames(
+            self.backend.forward,
+            frames,
+            self.spec,
+            batch_size=self.batch_size,
+            max_inputs=self.max_inputs,
+            centres=centres,
+            gamma=gamma,
+        )
         return Outcome(pred, labels, gamma)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
@@ -142,17 +151,23 @@ class LoadedModel:
             if label not in repo:
                 raise ApiError(404, "unknown_class", f"model {self.name!r} has no class {label!r}")
             if len(repo) == 1:
-                raise ApiError(409, "last_class",
-                               f"{label!r} is the last class of {self.name!r}; it cannot be removed")
+                raise ApiError(
+                    409,
+                    "last_class",
+                    f"{label!r} is the last class of {self.name!r}; it cannot be removed",
+                )
             edited = copy.deepcopy(repo)
             edited.remove_class(label)
             self._persist(edited)
 
     def require_repository(self) -> Repository:
         if self.repository is None:
-            raise ApiError(404, "no_repository",
-                           f"model {self.name!r} ({self.family}) has no class repository; "
-                           "only ms3d models enrol classes")
+            raise ApiError(
+                404,
+                "no_repository",
+                f"model {self.name!r} ({self.family}) has no class repository; "
+                "only ms3d models enrol classes",
+            )
         return self.repository
 
     def _persist(self, edited: Repository) -> None:
@@ -200,8 +215,9 @@ def detail_of(outcome: Outcome, spec: VariantSpec) -> dict[str, Any]:
         detail["votes"] = {labels[i]: int(votes[i]) for i in s.order.tolist() if votes[i] > 0}
     if s.distances is not None:
         dist = s.distances.tolist()
-        detail["distances"] = [{"label": labels[i], "distance": float(dist[i])}
-                               for i in s.order.tolist()]
+        detail["distances"] = [
+            {"label": labels[i], "distance": float(dist[i])} for i in s.order.tolist()
+        ]
         detail["gamma"] = _finite_or_none(outcome.gamma)
     return detail
 
@@ -211,7 +227,8 @@ def _warm_up(model: LoadedModel) -> None:
     d = model.spec
     height, width = d.decode_hw()
     frames = np.random.default_rng(0).integers(
-        0, 256, size=(max(2 * d.input_frames, 32), height, width, 3), dtype=np.uint8)
+        0, 256, size=(max(2 * d.input_frames, 32), height, width, 3), dtype=np.uint8
+    )
     model.embed(frames)
 
 
@@ -241,7 +258,8 @@ class ModelStore:
         if not self.models:
             problems = "; ".join(f"{k}: {v}" for k, v in self.failed.items())
             return False, f"no model could be loaded from {self.settings.store}" + (
-                f" ({problems})" if problems else "")
+                f" ({problems})" if problems else ""
+            )
         default = self.default_name
         if default not in self.models:
             why = self.failed.get(default or "", "no such bundle in the store")
@@ -279,14 +297,25 @@ class ModelStore:
                 model = self._load_one(path)
                 if s.warmup:
                     _warm_up(model)
-            except (BundleError, RepositoryError, BackendUnavailable, OSError, ValueError,
-                    KeyError) as err:
+            except (
+                BundleError,
+                RepositoryError,
+                BackendUnavailable,
+                OSError,
+                ValueError,
+                KeyError,
+            ) as err:
                 log.error("model %s not loaded: %s", path.name, err)
                 self.failed[path.name] = str(err)
                 continue
             models[model.name] = model
-            log.info("model %s loaded (%s, %s backend) in %.1f s", model.name, model.family,
-                     model.backend.name, time.perf_counter() - started)
+            log.info(
+                "model %s loaded (%s, %s backend) in %.1f s",
+                model.name,
+                model.family,
+                model.backend.name,
+                time.perf_counter() - started,
+            )
         self.models = models
         self.loaded = True
         ready, why = self.readiness()

@@ -67,8 +67,15 @@ class Form:
 class _Parser:
     """Callbacks for python-multipart's push parser, writing file parts to disk."""
 
-    def __init__(self, form: Form, *, file_fields: set[str], max_file_bytes: int,
-                 max_files: int, tmp_dir: Path | None) -> None:
+    def __init__(
+        self,
+        form: Form,
+        *,
+        file_fields: set[str],
+        max_file_bytes: int,
+        max_files: int,
+        tmp_dir: Path | None,
+    ) -> None:
         self.form = form
         self.file_fields = file_fields
         self.max_file_bytes = max_file_bytes
@@ -121,8 +128,13 @@ class _Parser:
         filename = options.get(b"filename")
         if filename is not None and self._name in self.file_fields:
             if len(self.form.files) >= self.max_files:
-                self._fail(ApiError(422, "too_many_files",
-                                    f"at most {self.max_files} files may be uploaded at once"))
+                self._fail(
+                    ApiError(
+                        422,
+                        "too_many_files",
+                        f"at most {self.max_files} files may be uploaded at once",
+                    )
+                )
                 return
             fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=".upload", dir=self.tmp_dir)
             self._file = UploadedFile(self._name, filename.decode("utf-8", "replace"), Path(name))
@@ -141,16 +153,26 @@ class _Parser:
         if self._file is not None and self._fh is not None:
             self._file.size += end - start
             if self._file.size > self.max_file_bytes:
-                self._fail(ApiError(413, "upload_too_large",
-                                    f"file {self._file.filename!r} is larger than the limit of "
-                                    f"{self.max_file_bytes} bytes"))
+                self._fail(
+                    ApiError(
+                        413,
+                        "upload_too_large",
+                        f"file {self._file.filename!r} is larger than the limit of "
+                        f"{self.max_file_bytes} bytes",
+                    )
+                )
                 return
             self._fh.write(data[start:end])
         elif self._text is not None:
             self._text += data[start:end]
             if len(self._text) > _MAX_FIELD_BYTES:
-                self._fail(ApiError(422, "invalid_parameters",
-                                    f"form field {self._name!r} is longer than {_MAX_FIELD_BYTES} bytes"))
+                self._fail(
+                    ApiError(
+                        422,
+                        "invalid_parameters",
+                        f"form field {self._name!r} is longer than {_MAX_FIELD_BYTES} bytes",
+                    )
+                )
 
     def _part_end(self) -> None:
         self._close_file()
@@ -158,8 +180,11 @@ class _Parser:
             try:
                 self.form.fields[self._name] = self._text.decode("utf-8")
             except UnicodeDecodeError:
-                self._fail(ApiError(422, "invalid_parameters",
-                                    f"form field {self._name!r} is not UTF-8 text"))
+                self._fail(
+                    ApiError(
+                        422, "invalid_parameters", f"form field {self._name!r} is not UTF-8 text"
+                    )
+                )
         self._text = None
 
     def _close_file(self) -> None:
@@ -193,17 +218,28 @@ async def read_form(
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
-        raise ApiError(422, "invalid_parameters",
-                       "the body must be multipart/form-data with the video in field 'file'")
+        raise ApiError(
+            422,
+            "invalid_parameters",
+            "the body must be multipart/form-data with the video in field 'file'",
+        )
     max_body = max_file_bytes * max_files + _FRAMING_ALLOWANCE
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
-        raise ApiError(413, "upload_too_large",
-                       f"request body of {declared} bytes is larger than the limit of "
-                       f"{max_file_bytes} bytes per file")
+        raise ApiError(
+            413,
+            "upload_too_large",
+            f"request body of {declared} bytes is larger than the limit of "
+            f"{max_file_bytes} bytes per file",
+        )
     form = Form()
-    parser_state = _Parser(form, file_fields=file_fields, max_file_bytes=max_file_bytes,
-                           max_files=max_files, tmp_dir=tmp_dir)
+    parser_state = _Parser(
+        form,
+        file_fields=file_fields,
+        max_file_bytes=max_file_bytes,
+        max_files=max_files,
+        tmp_dir=tmp_dir,
+    )
     parser = MultipartParser(boundary, parser_state.callbacks())
     total = 0
     try:
@@ -211,9 +247,11 @@ async def read_form(
             async for chunk in request.stream():
                 total += len(chunk)
                 if total > max_body:
-                    raise ApiError(413, "upload_too_large",
-                                   f"request body is larger than the limit of {max_file_bytes} "
-                                   "bytes per file")
+                    raise ApiError(
+                        413,
+                        "upload_too_large",
+                        f"request body is larger than the limit of {max_file_bytes} bytes per file",
+                    )
                 parser.write(chunk)
                 if parser_state.error is not None:
                     raise parser_state.error
@@ -236,4 +274,6 @@ def multipart_body(*, required: list[str], properties: dict[str, Any]) -> dict[s
     """OpenAPI ``requestBody`` for a route that reads its multipart form with
     :func:`read_form` (FastAPI cannot infer it: the route takes no ``UploadFile``)."""
     schema = {"type": "object", "required": required, "properties": properties}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }

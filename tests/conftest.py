@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from media import write_video  # noqa: E402
+from media import write_video
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save_file
 
 from models import get_spec
-from models.pipeline import sample_video
 from models.attention_lstm import (
     AttentionLSTM,
     AttentionLSTMOutput,
@@ -23,6 +22,7 @@ from models.attention_lstm import (
     normalised_energy,
     spatial_pyramid,
 )
+from models.pipeline import sample_video
 from training.losses.attention import attention_lstm_loss, attention_regularizer, step_cross_entropy
 
 # torchvision vgg16().features: (layer index, in channels, out channels) of each 3x3 conv.
@@ -312,8 +312,13 @@ def _assert_loaded(features: VGG16Features, state: dict[str, torch.Tensor]) -> N
 
 def test_vgg16_weights_load_through_the_builder(vgg16_files) -> None:
     state, pth, st = vgg16_files
-    model = attention_lstm_tiny(num_classes=3, vgg_width=1.0, vgg_weights=pth, vgg_batch_norm=False,
-                                levels=("pool4", "conv5_3"))
+    model = attention_lstm_tiny(
+        num_classes=3,
+        vgg_width=1.0,
+        vgg_weights=pth,
+        vgg_batch_norm=False,
+        levels=("pool4", "conv5_3"),
+    )
     _assert_loaded(model.preconv, state)
     features = VGG16Features()
     features.load_torchvision_state_dict(load_vgg16_state_dict(st))
@@ -339,7 +344,9 @@ def test_vgg16_weights_of_a_shallower_model_ignore_deeper_layers(tmp_path: Path)
     state = _torchvision_vgg16_state(width_div=8)
     path = tmp_path / "narrow.safetensors"
     save_file(state, str(path))
-    model = attention_lstm_tiny(num_classes=3, levels=("pool4",), vgg_weights=path, vgg_batch_norm=False)
+    model = attention_lstm_tiny(
+        num_classes=3, levels=("pool4",), vgg_weights=path, vgg_batch_norm=False
+    )
     assert len(model.preconv.features) == 24  # up to pool4
     for idx, _, _ in VGG16_CONVS[:10]:
         assert torch.equal(model.preconv.features[idx].weight, state[f"features.{idx}.weight"])

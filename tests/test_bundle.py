@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models import create_model, get_spec
-from models.fileio import atomic_write, atomic_write_bytes, sha256_file
 from models.bundle import BundleError, add_bundle_file, load_bundle, write_bundle
+from models.fileio import atomic_write, atomic_write_bytes, sha256_file
 
 
 def _bundle(tmp_path: Path):

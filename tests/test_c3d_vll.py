@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from models import create_model, get_spec
-from models.pipeline import sample_video
 from models.c3d_vll import C3DVLL, c3d_vll, c3d_vll_tiny
+from models.pipeline import sample_video
 
 
 def _tiny(seed: int = 0, **kwargs) -> C3DVLL:
@@ -75,11 +75,17 @@ def test_norm_option_puts_batchnorm_between_conv_and_relu():
     plain, normed = c3d_vll_tiny(num_classes=3, norm=False), c3d_vll_tiny(num_classes=3)
     assert [type(m) for m in plain.layer1] == [torch.nn.Conv3d, torch.nn.ReLU, torch.nn.MaxPool3d]
     assert [type(m) for m in normed.layer1] == [
-        torch.nn.Conv3d, torch.nn.BatchNorm3d, torch.nn.ReLU, torch.nn.MaxPool3d]
+        torch.nn.Conv3d,
+        torch.nn.BatchNorm3d,
+        torch.nn.ReLU,
+        torch.nn.MaxPool3d,
+    ]
     # The conv bias is redundant before BatchNorm's shift.
     assert normed.layer1[0].bias is None and plain.layer1[0].bias is not None
     with torch.device("meta"):
-        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in c3d_vll(num_classes=3).modules())
+        assert not any(
+            isinstance(m, torch.nn.BatchNorm3d) for m in c3d_vll(num_classes=3).modules()
+        )
 
 
 def test_builders_take_overrides_and_refuse_unknown_keys():

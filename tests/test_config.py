@@ -20,8 +20,19 @@ def test_preset_fills_and_flags_win() -> None:
 
 def test_types_are_parsed() -> None:
     cfg = parse_config(
-        ["--data", "d", "--pathway-sizes", "4,8,12", "--amp", "false", "--strict",
-         "--model-kwargs", '{"width": 0.5}', "--epochs", "3"]
+        [
+            "--data",
+            "d",
+            "--pathway-sizes",
+            "4,8,12",
+            "--amp",
+            "false",
+            "--strict",
+            "--model-kwargs",
+            '{"width": 0.5}',
+            "--epochs",
+            "3",
+        ]
     )
     assert cfg.pathway_sizes == (4, 8, 12)
     assert cfg.amp is False and cfg.strict is True
@@ -71,8 +82,22 @@ def test_clip_overrides_reach_the_sampler() -> None:
     assert d.sampler_args() == {"clip_len": 16, "frame_step": 3}
     assert sample_video(np.zeros((100, 1, 1, 3), np.uint8), d)[:, 0].tolist() == [0, 46]
     # An explicit stride wins; the vote window of attention_lstm never exceeds the clip.
-    task = make_task(parse_config([*base, "--family", "attention_lstm", "--clip-len", "4",
-                                   "--clip-stride", "2", "--frame-step", "2"]), ["a", "b"])
+    task = make_task(
+        parse_config(
+            [
+                *base,
+                "--family",
+                "attention_lstm",
+                "--clip-len",
+                "4",
+                "--clip-stride",
+                "2",
+                "--frame-step",
+                "2",
+            ]
+        ),
+        ["a", "b"],
+    )
     d = task.spec()
     assert (d.clip_len, d.sampler_args()["stride"], d.sampler_args()["frame_step"]) == (4, 2, 2)
     assert d.aggregator_kwargs["last"] <= 4

@@ -73,7 +73,9 @@ def test_ucf101_split_files_in_subfolder(tmp_path: Path):
         VideoEntry(tmp_path / "ApplyEyeMakeup/v_a2.avi", 0),
     ]
     assert splits.sources == [
-        lists / "classInd.txt", lists / "trainlist02.txt", lists / "testlist02.txt"
+        lists / "classInd.txt",
+        lists / "trainlist02.txt",
+        lists / "testlist02.txt",
     ]
 
 
@@ -249,8 +251,15 @@ def test_validate_all_bad_is_an_empty_split(mixed_entries):
 
 def _spec(sampler: str = "consecutive", size=(32, 32), decode_size=None, **shape) -> VariantSpec:
     shape = shape or {"clip_len": 8}
-    return VariantSpec(family="c3d_vll", input_size=size, decode_size=decode_size, mean=MEAN,
-                       std=STD, sampler=sampler, **shape)
+    return VariantSpec(
+        family="c3d_vll",
+        input_size=size,
+        decode_size=decode_size,
+        mean=MEAN,
+        std=STD,
+        sampler=sampler,
+        **shape,
+    )
 
 
 def test_video_dataset_shapes_and_labels(m4d: Path):
@@ -290,8 +299,9 @@ def test_video_dataset_other_samplers(m4d: Path, sampler, kwargs, shape):
 
 def test_training_randomness_is_seeded_per_epoch(m4d: Path):
     entries = load_dataset(m4d).train
-    spec = _spec("pz", size=(24, 24), decode_size=(32, 32), pathways=(3,),
-                 sampler_kwargs={"walks": 1})
+    spec = _spec(
+        "pz", size=(24, 24), decode_size=(32, 32), pathways=(3,), sampler_kwargs={"walks": 1}
+    )
     kw = dict(spec=spec, train=True, seed=5)
     a, b = VideoDataset(entries, **kw), VideoDataset(entries, **kw)
     assert torch.equal(a[0].clips, b[0].clips)

@@ -13,8 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from media import write_audio_only, write_video
+
 from video.decode import DecodeLimits, VideoMeta, decode_video, iter_video_chunks, probe_video
 from video.errors import (
     CorruptVideoError,
@@ -85,7 +85,8 @@ def _mdat_span(data: bytes) -> tuple[int, int]:
 def _png_bytes() -> bytes:
     buf = io.BytesIO()
     av.VideoFrame.from_ndarray(np.full((H, W, 3), 90, np.uint8), format="rgb24").to_image().save(
-        buf, format="PNG")
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -104,8 +105,9 @@ def test_decode_returns_written_frames_in_order(clip):
     frames, meta = decode_video(path)
     assert frames.dtype == np.uint8 and frames.shape == (N, H, W, 3)
     assert frames.flags.c_contiguous
-    assert meta == VideoMeta(fps=25.0, frame_count=N, duration_s=pytest.approx(N / FPS),
-                             width=W, height=H, codec="h264")
+    assert meta == VideoMeta(
+        fps=25.0, frame_count=N, duration_s=pytest.approx(N / FPS), width=W, height=H, codec="h264"
+    )
     err = np.abs(frames[:, None].astype(np.int16) - written[None].astype(np.int16))
     mae = err.mean(axis=(2, 3, 4))  # mae[i, j]: decoded frame i against written frame j
     assert mae.diagonal().max() < 3.0  # crf 18 + 4:2:0 chroma: close, not exact
@@ -213,8 +215,9 @@ def test_bad_arguments_raise_value_error(clip):
 
 def test_limits_at_the_exact_value_pass(clip):
     path, _ = clip
-    exact = DecodeLimits(max_frames=N, max_duration_s=N / FPS, max_pixels=W * H,
-                         max_bytes=path.stat().st_size)
+    exact = DecodeLimits(
+        max_frames=N, max_duration_s=N / FPS, max_pixels=W * H, max_bytes=path.stat().st_size
+    )
     assert decode_video(path, limits=exact)[0].shape[0] == N
     assert sum(len(c) for c in iter_video_chunks(path, limits=exact)) == N
 
@@ -230,9 +233,11 @@ def test_limits_at_the_exact_value_pass(clip):
 )
 def test_each_limit_refuses_from_metadata(clip, limits, needle):
     path, _ = clip
-    for call in (lambda: decode_video(path, limits=limits),
-                 lambda: probe_video(path, limits=limits),
-                 lambda: list(iter_video_chunks(path, limits=limits))):
+    for call in (
+        lambda: decode_video(path, limits=limits),
+        lambda: probe_video(path, limits=limits),
+        lambda: list(iter_video_chunks(path, limits=limits)),
+    ):
         with pytest.raises(VideoLimitError, match=needle) as info:
             call()
         assert info.value.http_status == 413
@@ -312,13 +317,15 @@ def bad_inputs(tmp_path, clip) -> dict[str, tuple[Path, type[VideoError]]]:
         out[name] = (tmp_path / name, error)
     jpeg = tmp_path / "image.jpg"
     av.VideoFrame.from_ndarray(np.full((H, W, 3), 90, np.uint8), format="rgb24").to_image().save(
-        jpeg)
+        jpeg
+    )
     out["image.jpg"] = (jpeg, NotAVideoError)
     write_audio_only(tmp_path / "audio.m4a")
     out["audio.m4a"] = (tmp_path / "audio.m4a", NoVideoStreamError)
     # A playlist naming a real video: FFmpeg's hls demuxer would open it. Refused.
     (tmp_path / "list.m3u8").write_text(
-        f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{path}\n#EXT-X-ENDLIST\n")
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{path}\n#EXT-X-ENDLIST\n"
+    )
     out["list.m3u8"] = (tmp_path / "list.m3u8", NotAVideoError)
     # A video stream without a single frame in it.
     with av.open(str(tmp_path / "zero.avi"), mode="w") as container:

@@ -25,9 +25,9 @@ from export.onnx import (
     temporal_cluster_function,
 )
 from models import create_model, get_spec
-from models.fileio import sha256_file
 from models.bundle import Bundle, load_bundle, write_bundle
 from models.clustering import temporal_cluster
+from models.fileio import sha256_file
 
 # (registry name, constructor kwargs, constant-fold the graph): the unrolled joint LSTM skips
 # the optimizer, which takes ~11 s on its graph and changes nothing ONNX Runtime computes.
@@ -143,7 +143,9 @@ def test_cluster_function_matches_reference(method: str, num_clusters: int) -> N
 
 
 @pytest.mark.parametrize(("name", "kwargs", "optimize"), FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, kwargs: dict, optimize: bool) -> None:
+def test_every_family_exports_and_matches_pytorch(
+    tmp_path: Path, name: str, kwargs: dict, optimize: bool
+) -> None:
     bundle = export_onnx(_bundle(tmp_path, name, kwargs), optimize=optimize)
     info = bundle.manifest["files"]["model.onnx"]
     path = bundle.path / "model.onnx"
@@ -152,10 +154,14 @@ def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, kwa
     assert info["opset"] == 17 and info["max_abs_diff"] <= 1e-3
     assert info["inputs"][0]["name"] == "input" and info["outputs"][0]["name"] == "output"
     dynamic_time = name.startswith("full_video")
-    assert info["dynamic_axes"]["input"] == ({"0": "clips", "2": "frames"} if dynamic_time else {"0": "clips"})
+    assert info["dynamic_axes"]["input"] == (
+        {"0": "clips", "2": "frames"} if dynamic_time else {"0": "clips"}
+    )
 
     graph = onnx.load(path).graph
-    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["output"]
+    assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == [
+        "output"
+    ]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "clips"
 
     # A batch size the export never saw, through a fresh session.
@@ -171,9 +177,14 @@ def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, kwa
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_full_video_graph_holds_one_cluster_node_backed_by_function(full_video_bundle: Bundle) -> None:
+def test_full_video_graph_holds_one_cluster_node_backed_by_function(
+    full_video_bundle: Bundle,
+) -> None:
     model = onnx.load(full_video_bundle.path / "model.onnx")
-    assert sorted((o.domain, o.version) for o in model.opset_import) == [("", 20), (CLUSTER_DOMAIN, 1)]
+    assert sorted((o.domain, o.version) for o in model.opset_import) == [
+        ("", 20),
+        (CLUSTER_DOMAIN, 1),
+    ]
     custom = [n for n in model.graph.node if n.domain == CLUSTER_DOMAIN]
     assert [n.op_type for n in custom] == [CLUSTER_OP]
     attrs = {a.name: helper.get_attribute_value(a) for a in custom[0].attribute}

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_tensorrt = pytest.mark.skipif(
-    not tensorrt_available(), reason="needs tensorrt 10.x and a CUDA device (pip install 'tensorrt>=10,<11')"
+    not tensorrt_available(),
+    reason="needs tensorrt 10.x and a CUDA device (pip install 'tensorrt>=10,<11')",
 )
 
 
@@ -51,7 +52,9 @@ def test_engine_and_plugin_refuse_clearly_without_tensorrt() -> None:
 
 def test_plan_name_sanitises_the_gpu_name() -> None:
     assert plan_name("NVIDIA H100 80GB HBM3") == "model.nvidia-h100-80gb-hbm3.plan"
-    assert plan_name("NVIDIA GeForce RTX 4090 (laptop)") == "model.nvidia-geforce-rtx-4090-laptop.plan"
+    assert (
+        plan_name("NVIDIA GeForce RTX 4090 (laptop)") == "model.nvidia-geforce-rtx-4090-laptop.plan"
+    )
     with pytest.raises(ValueError):
         plan_name("  ")
 
@@ -59,11 +62,21 @@ def test_plan_name_sanitises_the_gpu_name() -> None:
 def test_profile_shapes_from_the_manifest() -> None:
     info = {
         "inputs": [{"name": "input", "shape": ["clips", 3, "frames", 64, 64]}],
-        "dims": {"clips": {"min": 1, "opt": 4, "max": 16}, "frames": {"min": 1, "opt": 32, "max": 512}},
+        "dims": {
+            "clips": {"min": 1, "opt": 4, "max": 16},
+            "frames": {"min": 1, "opt": 32, "max": 512},
+        },
     }
     assert profile_shapes(info) == ((1, 3, 1, 64, 64), (4, 3, 32, 64, 64), (16, 3, 512, 64, 64))
-    assert profile_shapes(info, max_frames=20) == ((1, 3, 1, 64, 64), (4, 3, 20, 64, 64), (16, 3, 20, 64, 64))
-    clips_only = {"inputs": [{"name": "input", "shape": ["clips", 3, 16, 56, 56]}], "dims": {"clips": info["dims"]["clips"]}}
+    assert profile_shapes(info, max_frames=20) == (
+        (1, 3, 1, 64, 64),
+        (4, 3, 20, 64, 64),
+        (16, 3, 20, 64, 64),
+    )
+    clips_only = {
+        "inputs": [{"name": "input", "shape": ["clips", 3, 16, 56, 56]}],
+        "dims": {"clips": info["dims"]["clips"]},
+    }
     assert profile_shapes(clips_only, max_frames=20)[2] == (16, 3, 16, 56, 56)
 
 
@@ -91,9 +104,13 @@ def test_kernel_matches_reference_on_cuda(method: str, use_triton: bool) -> None
         x[1, 2:5] = x[1, 1:2]  # equal neighbours: zero distances and ties
         expected = temporal_cluster(x, g, method)
         got = temporal_cluster_cuda(x.cuda(), g, method, use_triton=use_triton)
-        torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-5, msg=f"T={frames} g={g}")
+        torch.testing.assert_close(
+            got.cpu(), expected, rtol=1e-5, atol=1e-5, msg=f"T={frames} g={g}"
+        )
         half = temporal_cluster_cuda(x.cuda().half(), g, method, use_triton=use_triton)
-        torch.testing.assert_close(half.float().cpu(), temporal_cluster(x.half(), g, method).float(), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(
+            half.float().cpu(), temporal_cluster(x.half(), g, method).float(), rtol=1e-2, atol=1e-2
+        )
 
 
 @needs_cuda
@@ -107,7 +124,9 @@ def test_kernel_runs_on_an_external_stream() -> None:
     with torch.cuda.stream(torch.cuda.ExternalStream(stream.cuda_stream)):
         temporal_cluster_cuda(x, 8, "cumulative", out=out)
     stream.synchronize()
-    torch.testing.assert_close(out.cpu(), temporal_cluster(x.cpu(), 8, "cumulative"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.cpu(), temporal_cluster(x.cpu(), 8, "cumulative"), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +142,13 @@ def _exported_bundle(directory: Path, name: str) -> object:
     defaults = get_spec(name)
     model = create_model(name, num_classes=4)
     bundle = write_bundle(
-        directory / name, model=model, model_name=name, model_kwargs={"num_classes": 4},
-        family=defaults.family, labels=list("abcd"), spec=defaults,
+        directory / name,
+        model=model,
+        model_name=name,
+        model_kwargs={"num_classes": 4},
+        family=defaults.family,
+        labels=list("abcd"),
+        spec=defaults,
     )
     return export_onnx(bundle)
 
@@ -146,7 +170,7 @@ def test_engine_matches_pytorch(tmp_path: Path, name: str) -> None:
     engine = TrtEngine(bundle)
     model = bundle.build_model()
     defaults = bundle.spec
-    for frames in ((9, 32, 64) if not defaults.input_frames else (defaults.input_frames,)):
+    for frames in (9, 32, 64) if not defaults.input_frames else (defaults.input_frames,):
         x = torch.randn(2, 3, frames, *defaults.input_size)
         with torch.no_grad():
             expected = model(x)

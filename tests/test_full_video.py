@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import models.full_video  # noqa: F401  (registers the variants)
-from models.registry import create_model, get_spec, list_models
 from models.clustering import assign_clusters, cluster_means, hamming_distances
 from models.full_video import BasicBlock, Bottleneck, FullVideoNet, temporal_shift
+from models.registry import create_model, get_spec, list_models
 
 VARIANTS = [
     "full_video",

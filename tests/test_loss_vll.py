@@ -112,8 +112,7 @@ def test_batch_of_videos_is_mean_of_per_video_losses():
     loss = vll_loss(logits, vid, labels, ccl="full")
     assert loss.item() == pytest.approx(sum(expected) / 3)
     singles = [
-        vll_loss(v, *_one_video(v, int(y)), ccl="full").item()
-        for v, y in zip((v0, v1, v2), labels)
+        vll_loss(v, *_one_video(v, int(y)), ccl="full").item() for v, y in zip((v0, v1, v2), labels)
     ]
     assert singles == pytest.approx(expected)
 

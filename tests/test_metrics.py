@@ -33,7 +33,9 @@ def test_summarize_counts_clips() -> None:
 
 
 def test_lr_schedules_by_hand() -> None:
-    assert lr_at(4999, base_lr=1e-3, total_steps=10, schedule="step", step_size=2000) == pytest.approx(1e-5)
+    assert lr_at(
+        4999, base_lr=1e-3, total_steps=10, schedule="step", step_size=2000
+    ) == pytest.approx(1e-5)
     assert lr_at(0, base_lr=1.0, total_steps=10, schedule="cosine") == 1.0
     assert lr_at(5, base_lr=1.0, total_steps=10, schedule="cosine") == pytest.approx(0.5)
     assert lr_at(10, base_lr=1.0, total_steps=10, schedule="cosine") == pytest.approx(0.0)

@@ -65,9 +65,7 @@ def test_module_splits_interleaved_batch() -> None:
     anchors, positives = split_pairs(batch)
     torch.testing.assert_close(anchors, A)
     torch.testing.assert_close(positives, P)
-    assert NPairLoss(scale=2.0)(batch).item() == pytest.approx(
-        npair_loss(A, P, scale=2.0).item()
-    )
+    assert NPairLoss(scale=2.0)(batch).item() == pytest.approx(npair_loss(A, P, scale=2.0).item())
     with pytest.raises(ValueError):
         split_pairs(torch.zeros(3, 2))
 

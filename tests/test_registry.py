@@ -34,7 +34,7 @@ def test_register_model_refuses_duplicates() -> None:
     with pytest.raises(ValueError, match="already registered"):
 
         @register_model(spec=defaults)
-        def c3d_vll_tiny() -> torch.nn.Module:  # noqa: F811 - the point of the test
+        def c3d_vll_tiny() -> torch.nn.Module:
             return torch.nn.Identity()
 
 

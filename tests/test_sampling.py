@@ -239,7 +239,11 @@ def test_consecutive_frame_step_dilates_each_clip() -> None:
     assert consecutive_clips(25, 4, frame_step=3).tolist() == [[0, 3, 6, 9], [10, 13, 16, 19]]
     # An explicit stride still sets the starts.
     assert consecutive_clips(12, 3, stride=2, frame_step=2).tolist() == [
-        [0, 2, 4], [2, 4, 6], [4, 6, 8], [6, 8, 10]]
+        [0, 2, 4],
+        [2, 4, 6],
+        [4, 6, 8],
+        [6, 8, 10],
+    ]
     # Shorter than one span: one clip, indices past the end repeat the last frame.
     assert consecutive_clips(7, 4, frame_step=3).tolist() == [[0, 3, 6, 6]]
     frames = np.zeros((32, 2, 2, 3), dtype=np.uint8)

@@ -25,10 +25,9 @@ import pytest
 from fastapi.testclient import TestClient
 from media import write_audio_only, write_video
 
-from models.bundle import add_bundle_file, load_bundle
+from models.bundle import REPOSITORY_FILE, add_bundle_file, load_bundle
 from models.repository import Repository
 from service import Settings, create_app
-from models.bundle import REPOSITORY_FILE
 from training.datasets import load_dataset
 from training.evaluate import evaluate_videos
 from training.run import main as train_main
@@ -37,8 +36,12 @@ from training.synth import generate
 ROOT = Path(__file__).resolve().parents[1]
 C3D, MS3D = "c3d_vll-m4d", "ms3d-m4d"
 # Small caps so that over-limit inputs stay tiny; every Move4Digits video is well inside them.
-LIMITS = {"max_upload_bytes": 200_000, "max_duration_s": 4.0, "max_pixels": 320 * 240,
-          "max_frames": 200}
+LIMITS = {
+    "max_upload_bytes": 200_000,
+    "max_duration_s": 4.0,
+    "max_pixels": 320 * 240,
+    "max_frames": 200,
+}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -57,8 +60,20 @@ def master_store(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Pat
     from export.onnx import export_onnx
 
     store = tmp_path_factory.mktemp("svc-store")
-    common = ["--data", str(dataset), "--out", str(store), "--epochs", "1", "--workers", "0",
-              "--threads", "2", "--progress", "false"]
+    common = [
+        "--data",
+        str(dataset),
+        "--out",
+        str(store),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--threads",
+        "2",
+        "--progress",
+        "false",
+    ]
     assert train_main(["--family", "c3d_vll", "--name", C3D, *common]) == 0
     assert train_main(["--family", "ms3d", "--name", MS3D, *common]) == 0
     for name in (C3D, MS3D):
@@ -75,8 +90,14 @@ def store(master_store: Path, tmp_path: Path) -> Path:
 
 
 def _settings(store: Path, uploads: Path, **overrides) -> Settings:
-    values = dict(store=store, load_in_background=False, upload_dir=uploads, default_model=C3D,
-                  compute_threads=2, **LIMITS)
+    values = dict(
+        store=store,
+        load_in_background=False,
+        upload_dir=uploads,
+        default_model=C3D,
+        compute_threads=2,
+        **LIMITS,
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -104,7 +125,9 @@ def _videos(dataset: Path) -> list[tuple[Path, int]]:
     return [(e.path, e.label) for e in [*splits.test, *splits.train]]
 
 
-def _post(client: TestClient, path: Path | bytes, model: str | None = None, **kwargs) -> httpx.Response:
+def _post(
+    client: TestClient, path: Path | bytes, model: str | None = None, **kwargs
+) -> httpx.Response:
     content = path if isinstance(path, bytes) else Path(path).read_bytes()
     data = {"model": model} if model else {}
     return client.post("/recognize", files={"file": ("video.mp4", content)}, data=data, **kwargs)
@@ -145,10 +168,26 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     assert schema["required"] == ["file"] and set(schema["properties"]) == {"file", "model"}
     assert {"400", "404", "413", "415", "422", "503"} <= set(post["responses"])
     fields = spec["components"]["schemas"]["RecognizeResponse"]["properties"]
-    assert {"model", "family", "backend", "top5", "unknown", "frames", "clips", "duration_s",
-            "timing_ms", "detail"} == set(fields)
-    assert {"/models/{name}/classes", "/models/{name}/classes/{label}", "/healthz", "/readyz",
-            "/metrics", "/models"} <= set(spec["paths"])
+    assert {
+        "model",
+        "family",
+        "backend",
+        "top5",
+        "unknown",
+        "frames",
+        "clips",
+        "duration_s",
+        "timing_ms",
+        "detail",
+    } == set(fields)
+    assert {
+        "/models/{name}/classes",
+        "/models/{name}/classes/{label}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/models",
+    } <= set(spec["paths"])
 
 
 def test_recognize_answers_the_contract(client: TestClient, dataset: Path) -> None:
@@ -156,8 +195,18 @@ def test_recognize_answers_the_contract(client: TestClient, dataset: Path) -> No
     resp = _post(client, path)
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert set(body) == {"model", "family", "backend", "top5", "unknown", "frames", "clips",
-                         "duration_s", "timing_ms", "detail"}
+    assert set(body) == {
+        "model",
+        "family",
+        "backend",
+        "top5",
+        "unknown",
+        "frames",
+        "clips",
+        "duration_s",
+        "timing_ms",
+        "detail",
+    }
     assert body["model"] == C3D and body["family"] == "c3d_vll" and body["backend"] == "onnxruntime"
     # Move4Digits videos: 32 frames at 25 fps -> two 16-frame clips, each one vote.
     assert body["frames"] == 32 and body["clips"] == 2
@@ -182,13 +231,15 @@ def test_ms3d_answer_carries_distances(client: TestClient, dataset: Path) -> Non
     assert dist == sorted(dist) and len(dist) == 4
     # scores are exp(-distance), in the same order
     assert [t["label"] for t in body["top5"]] == [d["label"] for d in detail["distances"]]
-    np.testing.assert_allclose([t["score"] for t in body["top5"]], np.exp(-np.array(dist)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [t["score"] for t in body["top5"]], np.exp(-np.array(dist)), rtol=1e-5
+    )
     assert body["unknown"] == (dist[0] >= detail["gamma"])
 
 
-def test_service_equals_training_evaluation(torch_client: TestClient, master_store: Path,
-                                            dataset: Path) -> None:
+def test_service_equals_training_evaluation(
+    torch_client: TestClient, master_store: Path, dataset: Path
+) -> None:
     """The same bundle and videos give the ranking, rejection and accuracy evaluation gives."""
     videos = _videos(dataset)
     for name in (C3D, MS3D):
@@ -198,8 +249,15 @@ def test_service_equals_training_evaluation(torch_client: TestClient, master_sto
         if bundle.family == "ms3d":
             repo = Repository.load(bundle.file(REPOSITORY_FILE))
             centres, gamma = repo.centres_tensor(), repo.gamma
-        summary, outcomes = evaluate_videos(net, videos, bundle.spec, len(bundle.labels),
-                                            batch_size=16, centres=centres, gamma=gamma)
+        summary, outcomes = evaluate_videos(
+            net,
+            videos,
+            bundle.spec,
+            len(bundle.labels),
+            batch_size=16,
+            centres=centres,
+            gamma=gamma,
+        )
         hits = 0
         for outcome in outcomes:
             body = _post(torch_client, outcome.path, name).json()
@@ -209,38 +267,46 @@ def test_service_equals_training_evaluation(torch_client: TestClient, master_sto
             assert body["unknown"] == outcome.unknown
             assert body["clips"] == outcome.inputs
             if bundle.family == "ms3d":
-                assert body["detail"]["distances"][0]["distance"] == pytest.approx(outcome.nearest,
-                                                                                   rel=1e-5)
+                assert body["detail"]["distances"][0]["distance"] == pytest.approx(
+                    outcome.nearest, rel=1e-5
+                )
             hits += body["top5"][0]["label"] == bundle.labels[outcome.label]
         assert hits / len(outcomes) == pytest.approx(summary["top1"])
     # The figure training.run stored in the bundle is the service's figure on its test split.
     c3d = load_bundle(master_store / C3D)
     test = load_dataset(dataset, split=1).test
-    hits = sum(_post(torch_client, e.path, C3D).json()["top5"][0]["label"] == c3d.labels[e.label]
-               for e in test)
+    hits = sum(
+        _post(torch_client, e.path, C3D).json()["top5"][0]["label"] == c3d.labels[e.label]
+        for e in test
+    )
     assert hits / len(test) == pytest.approx(c3d.manifest["metrics"]["top1"])
 
 
-def test_torch_and_onnxruntime_give_the_same_top5(client: TestClient, torch_client: TestClient,
-                                                   dataset: Path) -> None:
+def test_torch_and_onnxruntime_give_the_same_top5(
+    client: TestClient, torch_client: TestClient, dataset: Path
+) -> None:
     for path, _ in _videos(dataset)[:8]:
         for name in (C3D, MS3D):
             ort = _post(client, path, name).json()
             ref = _post(torch_client, path, name).json()
             assert (ort["backend"], ref["backend"]) == ("onnxruntime", "torch")
             assert [t["label"] for t in ort["top5"]] == [t["label"] for t in ref["top5"]]
-            np.testing.assert_allclose([t["score"] for t in ort["top5"]],
-                                       [t["score"] for t in ref["top5"]], atol=1e-4)
+            np.testing.assert_allclose(
+                [t["score"] for t in ort["top5"]], [t["score"] for t in ref["top5"]], atol=1e-4
+            )
             assert ort["unknown"] == ref["unknown"]
 
 
-def test_request_id_is_echoed_or_generated(client: TestClient, dataset: Path,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_request_id_is_echoed_or_generated(
+    client: TestClient, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path, _ = _videos(dataset)[0]
     with caplog.at_level("INFO", logger="service.access"):
         resp = _post(client, path, headers={"X-Request-ID": "abc-123"})
     assert resp.headers["x-request-id"] == "abc-123"
-    assert any("abc-123" in r.getMessage() and "/recognize" in r.getMessage() for r in caplog.records)
+    assert any(
+        "abc-123" in r.getMessage() and "/recognize" in r.getMessage() for r in caplog.records
+    )
     generated = client.get("/healthz").headers["x-request-id"]
     assert len(generated) == 32 and int(generated, 16) >= 0
     # Not a plain token: replaced, never echoed into headers or logs.
@@ -280,11 +346,19 @@ def test_metrics_count_requests_stages_and_models(client: TestClient, dataset: P
 
 def _png(width: int = 8, height: int = 8) -> bytes:
     """A valid RGB PNG, written by hand (no imaging library needed)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     rows = b"".join(b"\x00" + bytes([200, 30, 30]) * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[bytes | None, dict, int, str]]:
@@ -312,20 +386,32 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[bytes | None, dict, int, str]]:
     }
 
 
-BAD = ["zero_bytes", "random_bytes", "truncated_mp4", "png", "audio_only", "over_byte_cap",
-       "over_duration_cap", "over_resolution_cap", "missing_file_field", "unknown_model"]
+BAD = [
+    "zero_bytes",
+    "random_bytes",
+    "truncated_mp4",
+    "png",
+    "audio_only",
+    "over_byte_cap",
+    "over_duration_cap",
+    "over_resolution_cap",
+    "missing_file_field",
+    "unknown_model",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_upload_is_refused_cleanly(client: TestClient, uploads: Path, tmp_path: Path,
-                                       dataset: Path, case: str) -> None:
+def test_bad_upload_is_refused_cleanly(
+    client: TestClient, uploads: Path, tmp_path: Path, dataset: Path, case: str
+) -> None:
     content, data, status, code = _bad_inputs(tmp_path)[case]
     if content is None:
         # multipart with only a text field: python-multipart needs a file part to force it
         resp = client.post("/recognize", data=data, files={"other": ("x.txt", b"x")})
     else:
-        resp = client.post("/recognize", files={"file": ("upload.mp4", content, "video/mp4")},
-                           data=data)
+        resp = client.post(
+            "/recognize", files={"file": ("upload.mp4", content, "video/mp4")}, data=data
+        )
     _assert_error(resp, status, code)
     assert list(uploads.iterdir()) == []
     assert client.get("/healthz").status_code == 200
@@ -333,8 +419,11 @@ def test_bad_upload_is_refused_cleanly(client: TestClient, uploads: Path, tmp_pa
 
 
 def test_not_multipart_is_422(client: TestClient) -> None:
-    _assert_error(client.post("/recognize", content=b"raw", headers={"content-type": "video/mp4"}),
-                  422, "invalid_parameters")
+    _assert_error(
+        client.post("/recognize", content=b"raw", headers={"content-type": "video/mp4"}),
+        422,
+        "invalid_parameters",
+    )
     _assert_error(client.post("/recognize", json={"file": "x"}), 422, "invalid_parameters")
 
 
@@ -346,17 +435,23 @@ def test_unknown_path_and_method_are_json(client: TestClient) -> None:
 def _multipart(boundary: str, file_bytes: bytes, model: str | None = None) -> bytes:
     parts = []
     if model:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
-                     f"{model}\r\n".encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                 f'filename="v.mp4"\r\nContent-Type: video/mp4\r\n\r\n'.encode() + file_bytes
-                 + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            f"{model}\r\n".encode()
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="v.mp4"\r\nContent-Type: video/mp4\r\n\r\n'.encode()
+        + file_bytes
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts)
 
 
-def _asgi(app, body_chunks: list[bytes], headers: dict[str, str], *,
-          disconnect_after: int | None = None) -> tuple[int, dict, int]:
+def _asgi(
+    app, body_chunks: list[bytes], headers: dict[str, str], *, disconnect_after: int | None = None
+) -> tuple[int, dict, int]:
     """Drive the app's ASGI interface directly; returns (status, JSON body, chunks consumed)."""
     consumed = 0
     sent: list[dict] = []
@@ -366,18 +461,31 @@ def _asgi(app, body_chunks: list[bytes], headers: dict[str, str], *,
         limit = len(body_chunks) if disconnect_after is None else disconnect_after
         if consumed < limit:
             consumed += 1
-            return {"type": "http.request", "body": body_chunks[consumed - 1],
-                    "more_body": consumed < len(body_chunks)}
+            return {
+                "type": "http.request",
+                "body": body_chunks[consumed - 1],
+                "more_body": consumed < len(body_chunks),
+            }
         await asyncio.sleep(0)
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/recognize", "raw_path": b"/recognize", "query_string": b"",
-             "root_path": "", "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/recognize",
+        "raw_path": b"/recognize",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -396,19 +504,25 @@ def test_byte_cap_stops_reading_the_body(client: TestClient, uploads: Path) -> N
     # stopped one chunk past the cap, far before the end of the 2 MB body
     assert consumed * chunk <= cap + 2 * chunk < len(body) // 5
     # a declared Content-Length over the cap is refused before any byte is read
-    status, payload, consumed = _asgi(client.app, chunks, {**ctype, "content-length": str(len(body))})
+    status, payload, consumed = _asgi(
+        client.app, chunks, {**ctype, "content-length": str(len(body))}
+    )
     assert status == 413 and consumed == 0
     assert list(uploads.iterdir()) == []
 
 
-def test_client_disconnect_mid_upload_leaves_no_file(client: TestClient, uploads: Path,
-                                                     dataset: Path) -> None:
+def test_client_disconnect_mid_upload_leaves_no_file(
+    client: TestClient, uploads: Path, dataset: Path
+) -> None:
     boundary = "b0und"
     body = _multipart(boundary, _videos(dataset)[0][0].read_bytes())
     chunks = [body[i : i + 1024] for i in range(0, len(body), 1024)]
     status, payload, consumed = _asgi(
-        client.app, chunks, {"content-type": f"multipart/form-data; boundary={boundary}"},
-        disconnect_after=3)
+        client.app,
+        chunks,
+        {"content-type": f"multipart/form-data; boundary={boundary}"},
+        disconnect_after=3,
+    )
     assert consumed == 3 and status == 400 and payload["error"]["code"] == "client_disconnected"
     assert list(uploads.iterdir()) == []
 
@@ -437,17 +551,19 @@ class _Gate:
         self.model.backend.forward = self.original
 
 
-def test_full_queue_answers_503_with_retry_after(master_store: Path, tmp_path: Path,
-                                                 dataset: Path) -> None:
-    app = create_app(_settings(master_store, tmp_path, queue_size=2, retry_after_s=7,
-                               warmup=False))
+def test_full_queue_answers_503_with_retry_after(
+    master_store: Path, tmp_path: Path, dataset: Path
+) -> None:
+    app = create_app(_settings(master_store, tmp_path, queue_size=2, retry_after_s=7, warmup=False))
     video = _videos(dataset)[0][0]
     with TestClient(app) as c:
         state = app.state.service
         gate = _Gate(state.store.models[C3D])
         results: list[int] = []
-        workers = [threading.Thread(target=lambda: results.append(_post(c, video).status_code))
-                   for _ in range(2)]
+        workers = [
+            threading.Thread(target=lambda: results.append(_post(c, video).status_code))
+            for _ in range(2)
+        ]
         try:
             for w in workers:
                 w.start()
@@ -470,8 +586,9 @@ def test_full_queue_answers_503_with_retry_after(master_store: Path, tmp_path: P
     assert list(tmp_path.glob("actrec-upload-*")) == []
 
 
-def test_request_timeout_answers_503_and_frees_the_slot(master_store: Path, tmp_path: Path,
-                                                        dataset: Path) -> None:
+def test_request_timeout_answers_503_and_frees_the_slot(
+    master_store: Path, tmp_path: Path, dataset: Path
+) -> None:
     app = create_app(_settings(master_store, tmp_path, request_timeout_s=0.5, warmup=False))
     video = _videos(dataset)[0][0]
     with TestClient(app) as c:
@@ -492,8 +609,9 @@ def test_request_timeout_answers_503_and_frees_the_slot(master_store: Path, tmp_
     assert list(tmp_path.glob("actrec-upload-*")) == []
 
 
-def test_readyz_is_503_until_models_are_loaded(master_store: Path, tmp_path: Path,
-                                               dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readyz_is_503_until_models_are_loaded(
+    master_store: Path, tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service.store import ModelStore
 
     release = threading.Event()
@@ -527,8 +645,11 @@ def test_a_bundle_failing_its_checksum_is_refused_whole(store: Path, tmp_path: P
         assert [m["name"] for m in body["models"]] == [C3D]
         assert "sha256" in body["failed"][MS3D]
         assert c.get("/readyz").status_code == 200  # the default model is fine
-        _assert_error(c.post("/recognize", files={"file": ("v", b"x")}, data={"model": MS3D}),
-                      404, "unknown_model")
+        _assert_error(
+            c.post("/recognize", files={"file": ("v", b"x")}, data={"model": MS3D}),
+            404,
+            "unknown_model",
+        )
 
 
 # ----------------------------------------------------------------------------- enrolment
@@ -545,8 +666,12 @@ def test_enrolment_adds_recognises_persists_and_deletes(store: Path, tmp_path: P
     write_video(wave, n=40, height=64, width=64)
     with TestClient(create_app(_settings(store, uploads))) as c:
         before = c.get(f"/models/{MS3D}/classes").json()
-        assert [k["label"] for k in before["classes"]] == ["move_up", "move_down", "move_left",
-                                                           "move_right"]
+        assert [k["label"] for k in before["classes"]] == [
+            "move_up",
+            "move_down",
+            "move_left",
+            "move_right",
+        ]
         walks = load_bundle(store / MS3D).spec.sampler_args()["walks"]
         resp = _enrol(c, "wave", wave)
         assert resp.status_code == 201, resp.text
@@ -582,8 +707,12 @@ def test_concurrent_enrolments_are_serialised(store: Path, tmp_path: Path) -> No
         write_video(videos[-1], n=30 + 5 * i, height=64, width=64)
     with TestClient(create_app(_settings(store, tmp_path / "up", queue_size=4))) as c:
         codes: list[int] = []
-        threads = [threading.Thread(target=lambda i=i: codes.append(
-            _enrol(c, f"new{i}", videos[i]).status_code)) for i in range(3)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: codes.append(_enrol(c, f"new{i}", videos[i]).status_code)
+            )
+            for i in range(3)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -603,8 +732,11 @@ def test_enrolment_errors(store: Path, tmp_path: Path, dataset: Path) -> None:
         _assert_error(c.get("/models/nope/classes"), 404, "unknown_model")
         _assert_error(_enrol(c, "a/b", video), 422, "invalid_label")
         _assert_error(_enrol(c, "", video), 422, "invalid_label")
-        _assert_error(c.post(f"/models/{MS3D}/classes", data={"label": "x"},
-                             files={"other": ("a", b"a")}), 422, "missing_file")
+        _assert_error(
+            c.post(f"/models/{MS3D}/classes", data={"label": "x"}, files={"other": ("a", b"a")}),
+            422,
+            "missing_file",
+        )
         junk = tmp_path / "junk.mp4"
         junk.write_bytes(b"junk" * 100)
         _assert_error(_enrol(c, "x", video, junk), 400, "not_a_video")
@@ -613,7 +745,8 @@ def test_enrolment_errors(store: Path, tmp_path: Path, dataset: Path) -> None:
             assert c.delete(f"/models/{MS3D}/classes/{label}").status_code == 200
         _assert_error(c.delete(f"/models/{MS3D}/classes/move_right"), 409, "last_class")
         assert [k["label"] for k in c.get(f"/models/{MS3D}/classes").json()["classes"]] == [
-            "move_right"]
+            "move_right"
+        ]
     assert list(tmp_path.glob("actrec-upload-*")) == []
 
 
@@ -641,13 +774,28 @@ def _free_port() -> int:
 def test_real_server_over_loopback(store: Path, tmp_path: Path, dataset: Path) -> None:
     port = _free_port()
     uploads = tmp_path / "up"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "ACTREC_UPLOAD_DIR": str(uploads), "ACTREC_COMPUTE_THREADS": "1",
-           "ACTREC_MAX_UPLOAD_BYTES": "100000"}
-    cmd = [sys.executable, "-m", "service", "--store", str(store), "--port", str(port),
-           "--default-model", MS3D]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "ACTREC_UPLOAD_DIR": str(uploads),
+        "ACTREC_COMPUTE_THREADS": "1",
+        "ACTREC_MAX_UPLOAD_BYTES": "100000",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--store",
+        str(store),
+        "--port",
+        str(port),
+        "--default-model",
+        MS3D,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -663,8 +811,11 @@ def test_real_server_over_loopback(store: Path, tmp_path: Path, dataset: Path) -
         assert ready is not None and ready.status_code == 200, "server did not become ready"
         video = _videos(dataset)[0][0]
         with httpx.Client(base_url=base, timeout=30) as http:
-            resp = http.post("/recognize", files={"file": ("v.mp4", video.read_bytes())},
-                             headers={"X-Request-ID": "loopback-1"})
+            resp = http.post(
+                "/recognize",
+                files={"file": ("v.mp4", video.read_bytes())},
+                headers={"X-Request-ID": "loopback-1"},
+            )
             assert resp.status_code == 200 and resp.headers["x-request-id"] == "loopback-1"
             assert resp.json()["model"] == MS3D and resp.json()["backend"] == "onnxruntime"
             bad = http.post("/recognize", files={"file": ("v.mp4", b"not a video")})
@@ -683,13 +834,26 @@ def test_real_server_over_loopback(store: Path, tmp_path: Path, dataset: Path) -
 # ----------------------------------------------------------------------------- quick start
 
 
-def test_quickstart_prepares_once_then_only_serves(dataset: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quickstart_prepares_once_then_only_serves(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service import quickstart
 
     store = tmp_path / "store"
-    train = ["--epochs", "1", "--workers", "0", "--threads", "2", "--progress", "false",
-             "--limit-train", "4", "--limit-test", "2"]
+    train = [
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--threads",
+        "2",
+        "--progress",
+        "false",
+        "--limit-train",
+        "4",
+        "--limit-test",
+        "2",
+    ]
     (bundle,) = quickstart.prepare(dataset, store, families=["c3d_vll"], train_args=train)
     assert bundle == store / "c3d_vll-move4digits"
     loaded = load_bundle(bundle)

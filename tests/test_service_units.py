@@ -10,9 +10,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models.spec import VariantSpec
 from models.aggregators import majority_vote, nearest_centre
 from models.pipeline import Prediction
+from models.spec import VariantSpec
 from service.__main__ import build_parser
 from service.backends import BackendUnavailable, Offer, choose_backend, load_backend
 from service.queue import QueueFull, WorkQueue
@@ -45,8 +45,16 @@ def test_explicit_backend_is_honoured_or_refused_with_the_reason() -> None:
     assert choose_backend("onnxruntime", ALL) == "onnxruntime"
     assert choose_backend("tensorrt", ALL) == "tensorrt"
     cases = [
-        ("onnxruntime", Offer(onnx=False, plan=False, onnxruntime=True, tensorrt=False), "export.onnx"),
-        ("onnxruntime", Offer(onnx=True, plan=False, onnxruntime=False, tensorrt=False), "not installed"),
+        (
+            "onnxruntime",
+            Offer(onnx=False, plan=False, onnxruntime=True, tensorrt=False),
+            "export.onnx",
+        ),
+        (
+            "onnxruntime",
+            Offer(onnx=True, plan=False, onnxruntime=False, tensorrt=False),
+            "not installed",
+        ),
         ("tensorrt", Offer(onnx=True, plan=False, onnxruntime=True, tensorrt=True), "export.trt"),
         ("tensorrt", Offer(onnx=True, plan=True, onnxruntime=True, tensorrt=False), "CUDA"),
     ]
@@ -216,17 +224,26 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ACTREC_MAX_UPLOAD_BYTES", "1234")
     s = Settings()
     assert (s.queue_size, s.backend, s.model_backends, s.max_upload_bytes) == (
-        3, "torch", {"a": "onnxruntime"}, 1234)
+        3,
+        "torch",
+        {"a": "onnxruntime"},
+        1234,
+    )
     # command-line values win over the environment
     args = build_parser().parse_args(["--store", "/x", "--port", "9001", "--backend", "auto"])
     s = Settings(**{k: v for k, v in vars(args).items() if v is not None})
     assert (str(s.store), s.port, s.backend, s.queue_size) == ("/x", 9001, "auto", 3)
 
 
-@pytest.mark.parametrize(("var", "value"), [("ACTREC_QUEUE_SIZE", "0"),
-                                            ("ACTREC_BACKEND", "tflite"),
-                                            ("ACTREC_MAX_UPLOAD_BYTES", "-1"),
-                                            ("ACTREC_MODEL_BACKENDS", '{"a": "gpu"}')])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ACTREC_QUEUE_SIZE", "0"),
+        ("ACTREC_BACKEND", "tflite"),
+        ("ACTREC_MAX_UPLOAD_BYTES", "-1"),
+        ("ACTREC_MODEL_BACKENDS", '{"a": "gpu"}'),
+    ],
+)
 def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
@@ -244,8 +261,9 @@ def test_unknown_setting_is_refused() -> None:
 def test_vote_detail_names_each_clip_and_counts_votes() -> None:
     # Three clips over classes (a, b, c): argmax b, b, a -> b has 2 votes, a 1, c none.
     logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 1.0, 0.5], [3.0, 0.0, 0.0]])
-    defaults = VariantSpec(family="c3d_vll", input_size=(8, 8), clip_len=4,
-                             aggregator="majority_vote")
+    defaults = VariantSpec(
+        family="c3d_vll", input_size=(8, 8), clip_len=4, aggregator="majority_vote"
+    )
     outcome = Outcome(Prediction(majority_vote(logits), 3, logits), ["a", "b", "c"], None)
     assert detail_of(outcome, defaults) == {
         "aggregator": "majority_vote",
@@ -260,13 +278,21 @@ def test_distance_detail_is_sorted_and_gamma_inf_is_null() -> None:
     # One walk at (1, 0); centres at distance 1 (0,0), 0 (1,0) and 2 (-1,0).
     emb = torch.tensor([[1.0, 0.0]])
     centres = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
-    defaults = VariantSpec(family="ms3d", input_size=(8, 8), clip_len=4,
-                             aggregator="nearest_centre", output="embedding")
+    defaults = VariantSpec(
+        family="ms3d",
+        input_size=(8, 8),
+        clip_len=4,
+        aggregator="nearest_centre",
+        output="embedding",
+    )
     scores = nearest_centre(emb, centres, gamma=float("inf"))
     detail = detail_of(Outcome(Prediction(scores, 1, emb), ["x", "y", "z"], float("inf")), defaults)
     assert detail == {
         "aggregator": "nearest_centre",
-        "distances": [{"label": "y", "distance": 0.0}, {"label": "x", "distance": 1.0},
-                      {"label": "z", "distance": 2.0}],
+        "distances": [
+            {"label": "y", "distance": 0.0},
+            {"label": "x", "distance": 1.0},
+            {"label": "z", "distance": 2.0},
+        ],
         "gamma": None,
     }

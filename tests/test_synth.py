@@ -76,8 +76,9 @@ def test_extended_classes(tmp_path: Path):
     names = class_names("extended")
     assert len(names) >= 10 and len(set(names)) == len(names)
     assert {"move_up_left", "grow", "shrink", "rotate_cw", "rotate_ccw"} <= set(names)
-    out = generate(tmp_path / "x", classes="extended", per_class=2, seed=0, frames=8, size=16,
-                   progress=False)
+    out = generate(
+        tmp_path / "x", classes="extended", per_class=2, seed=0, frames=8, size=16, progress=False
+    )
     lines = (out / "classInd.txt").read_text().splitlines()
     assert lines == [f"{i} {n}" for i, n in enumerate(names, start=1)]
     assert len((out / "trainlist01.txt").read_text().splitlines()) == len(names)
@@ -197,7 +198,19 @@ def test_train_and_test_digits_are_disjoint():
 
 
 def test_cli(tmp_path: Path, capsys):
-    main(["--out", str(tmp_path / "cli"), "--per-class", "2", "--seed", "1", "--frames", "8",
-          "--size", "16"])
+    main(
+        [
+            "--out",
+            str(tmp_path / "cli"),
+            "--per-class",
+            "2",
+            "--seed",
+            "1",
+            "--frames",
+            "8",
+            "--size",
+            "16",
+        ]
+    )
     assert "wrote Move4Digits" in capsys.readouterr().out
     assert len((tmp_path / "cli" / "trainlist01.txt").read_text().splitlines()) == 4

@@ -23,8 +23,22 @@ def test_weights_in_bands_along_a_row_by_hand() -> None:
     # Distance:  2  1  in in  1  2  3  4  5  6  7  8  9  10
     # Band d:    1  1  -  -   1  1  2  2  3  3  4  4  5  5
     w = tailor_weights(1, 14, (2, 0, 4, 1), eta=2.0, xi=0.5, band=2)
-    expected = [0.5, 0.5, 2, 2, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125, 0.0625, 0.0625,
-                0.03125, 0.03125]
+    expected = [
+        0.5,
+        0.5,
+        2,
+        2,
+        0.5,
+        0.5,
+        0.25,
+        0.25,
+        0.125,
+        0.125,
+        0.0625,
+        0.0625,
+        0.03125,
+        0.03125,
+    ]
     np.testing.assert_allclose(w[0], expected)
 
 

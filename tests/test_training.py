@@ -41,10 +41,26 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("full_video", ["--tsm-frames", "4"]),
     ],
 )
-def test_every_family_trains_and_writes_a_bundle(dataset: Path, tmp_path: Path, family: str,
-                                                 extra: list[str]) -> None:
-    assert main(["--family", family, "--data", str(dataset), "--out", str(tmp_path),
-                 "--name", "b", *COMMON, *extra]) == 0
+def test_every_family_trains_and_writes_a_bundle(
+    dataset: Path, tmp_path: Path, family: str, extra: list[str]
+) -> None:
+    assert (
+        main(
+            [
+                "--family",
+                family,
+                "--data",
+                str(dataset),
+                "--out",
+                str(tmp_path),
+                "--name",
+                "b",
+                *COMMON,
+                *extra,
+            ]
+        )
+        == 0
+    )
     bundle = load_bundle(tmp_path / "b")
     assert bundle.family == family
     metrics = bundle.manifest["metrics"]
@@ -67,8 +83,22 @@ def test_every_family_trains_and_writes_a_bundle(dataset: Path, tmp_path: Path, 
 
 
 def test_resume_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
-    args = ["--family", "c3d_vll", "--data", str(dataset), "--workers", "0", "--threads", "2",
-            "--progress", "false", "--epochs", "2", "--eval-every", "5"]
+    args = [
+        "--family",
+        "c3d_vll",
+        "--data",
+        str(dataset),
+        "--workers",
+        "0",
+        "--threads",
+        "2",
+        "--progress",
+        "false",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "5",
+    ]
     assert main([*args, "--out", str(tmp_path / "a"), "--name", "run"]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--name", "run", "--stop-after", "1"]) == 0
     assert not (tmp_path / "b" / "run" / "manifest.json").exists()
@@ -82,10 +112,32 @@ def test_resume_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
 
 def test_torchrun_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.run", "--family", "full_video", "--data", str(dataset),
-           "--out", str(tmp_path), "--name", "ddp", "--num-clusters", "4", "--batch-size", "2",
-           *COMMON[:-4], "--threads", "1", "--progress", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training.run",
+        "--family",
+        "full_video",
+        "--data",
+        str(dataset),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--num-clusters",
+        "4",
+        "--batch-size",
+        "2",
+        *COMMON[:-4],
+        "--threads",
+        "1",
+        "--progress",
+        "false",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bundle = load_bundle(tmp_path / "ddp")
@@ -114,12 +166,21 @@ def test_train_step_updates_and_refuses_a_non_finite_loss() -> None:
     # Expected SGD update by hand: w <- w - lr * dL/dw with L = mean((xw + b - y)^2).
     residual = (batch.inputs @ before.T + net.bias.detach()).squeeze(1) - batch.labels
     grad = 2 * (residual[:, None] * batch.inputs).mean(0)
-    loss, parts = train_step(net, _Task(1.0), batch, opt, autocast=contextlib.nullcontext, scaler=None)
+    loss, parts = train_step(
+        net, _Task(1.0), batch, opt, autocast=contextlib.nullcontext, scaler=None
+    )
     torch.testing.assert_close(net.weight.detach()[0], before[0] - 0.1 * grad)
     assert loss.item() == pytest.approx(residual.pow(2).mean().item()) and "mse" in parts
 
     before = net.weight.detach().clone()
     with pytest.raises(FloatingPointError, match="epoch 3"):
-        train_step(net, _Task(float("nan")), batch, opt, autocast=contextlib.nullcontext,
-                   scaler=None, where="epoch 3, step 7")
+        train_step(
+            net,
+            _Task(float("nan")),
+            batch,
+            opt,
+            autocast=contextlib.nullcontext,
+            scaler=None,
+            where="epoch 3, step 7",
+        )
     assert torch.equal(net.weight.detach(), before)  # nothing reached the weights

@@ -73,7 +73,12 @@ def test_clips_to_tensor_train_crop_shared_across_clips():
     frames = _frames(t=2)
     idx = np.array([[0], [0]])
     out = clips_to_tensor(
-        frames, idx, mean=(0, 0, 0), std=(1, 1, 1), crop=(2, 3), train=True,
+        frames,
+        idx,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        crop=(2, 3),
+        train=True,
         rng=np.random.default_rng(7),
     )
     assert torch.equal(out[0], out[1])

@@ -25,7 +25,7 @@ __all__ = [
 FAMILIES = ("c3d_vll", "attention_lstm", "ms3d", "full_video")
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -37,7 +37,8 @@ class TrainConfig:
 
     # --- what to train, on what, where to put it
     family: Literal["c3d_vll", "attention_lstm", "ms3d", "full_video"] = _f(
-        "c3d_vll", "recognizer family")
+        "c3d_vll", "recognizer family"
+    )
     data: str = _f("", "dataset: UCF101/HMDB51-layout folder or a 'path label' list file")
     split: int = _f(1, "official split number (1-3) for UCF101/HMDB51 layouts")
     out: str = _f("store", "bundle store: the bundle is written to OUT/NAME")
@@ -72,7 +73,8 @@ class TrainConfig:
     # --- c3d_vll (paper 000)
     level: Literal["video", "clip"] = _f("video", "c3d_vll: video-level or clip-level training")
     ccl: Literal["none", "euclidean", "error", "full"] = _f(
-        "full", "c3d_vll: clip-consistency term (none = video-level CE only)")
+        "full", "c3d_vll: clip-consistency term (none = video-level CE only)"
+    )
     alpha: float = _f(0.3, "c3d_vll: weight of the consistency term")
 
     # --- attention_lstm (paper 001)
@@ -81,7 +83,9 @@ class TrainConfig:
     ds_weight: float = _f(1.0, "attention_lstm: weight of the deep-supervision losses")
     clip_len: int = _f(0, "frames per clip, L1 for attention_lstm (0: the model's default)")
     clip_stride: int = _f(0, "frames between clip starts, s (0: the model's default)")
-    frame_step: int = _f(0, "frames between the frames of a clip, temporal dilation (0: model default)")
+    frame_step: int = _f(
+        0, "frames between the frames of a clip, temporal dilation (0: model default)"
+    )
     vote_steps: int = _f(0, "attention_lstm: L2, steps voted per clip (0: model default)")
     vgg_weights: str = _f("", "attention_lstm: local VGG16 state dict (torchvision layout)")
     frozen_vgg: bool = _f(False, "attention_lstm: keep the VGG16 layers frozen")
@@ -98,7 +102,8 @@ class TrainConfig:
 
     # --- full_video (paper 003)
     clustering: Literal["cumulative", "slope", "uniform", "none"] = _f(
-        "cumulative", "full_video: temporal clustering (none: TSM on the sampled frames)")
+        "cumulative", "full_video: temporal clustering (none: TSM on the sampled frames)"
+    )
     num_clusters: int = _f(0, "full_video: clusters g (0: model default)")
     tsm_frames: int = _f(0, "full_video: TSM-k baseline, k uniformly sampled frames (0: all)")
 
@@ -123,28 +128,64 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
         "c3d_vll": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
-        "attention_lstm": dict(epochs=40, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0,
-                               weight_decay=1e-5),
+        "attention_lstm": dict(
+            epochs=40, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0, weight_decay=1e-5
+        ),
         "ms3d": dict(epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5),
         "full_video": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
     },
     "paper": {
         # Paper 000 section 4.1: SGD at 0.001, x0.1 every 2000 iterations, alpha 0.3,
         # dropout 0.05 (in the model), at most 20 clips per video (authors' code).
-        "c3d_vll": dict(epochs=40, batch_size=4, optimizer="sgd", lr=1e-3, momentum=0.9,
-                        lr_schedule="step", lr_step=2000, lr_gamma=0.1, weight_decay=0.0,
-                        alpha=0.3, max_clips=20),
+        "c3d_vll": dict(
+            epochs=40,
+            batch_size=4,
+            optimizer="sgd",
+            lr=1e-3,
+            momentum=0.9,
+            lr_schedule="step",
+            lr_step=2000,
+            lr_gamma=0.1,
+            weight_decay=0.0,
+            alpha=0.3,
+            max_clips=20,
+        ),
         # Paper 001 section 4: lambda 1000, weight decay 1e-5, L1 = 30, L2 = 16, batch 64 clips.
-        "attention_lstm": dict(epochs=30, batch_size=64, level="clip", optimizer="sgd",
-                               lr=1e-3, momentum=0.9, weight_decay=1e-5, lam=1000.0,
-                               clip_len=30, vote_steps=16, lr_schedule="cosine"),
+        "attention_lstm": dict(
+            epochs=30,
+            batch_size=64,
+            level="clip",
+            optimizer="sgd",
+            lr=1e-3,
+            momentum=0.9,
+            weight_decay=1e-5,
+            lam=1000.0,
+            clip_len=30,
+            vote_steps=16,
+            lr_schedule="cosine",
+        ),
         # Paper 002 section 4: Adam, batch 64, 500 epochs, drop rate 0.7, 7/17/25 frames.
-        "ms3d": dict(epochs=500, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                     drop_rate=0.7, pathway_sizes=(7, 17, 25)),
+        "ms3d": dict(
+            epochs=500,
+            batch_size=64,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            drop_rate=0.7,
+            pathway_sizes=(7, 17, 25),
+        ),
         # Paper 003 section 4 follows TSM: SGD 0.01 cosine, weight decay 5e-4, g = 8.
-        "full_video": dict(epochs=50, batch_size=8, optimizer="sgd", lr=0.01, momentum=0.9,
-                           weight_decay=5e-4, lr_schedule="cosine", num_clusters=8,
-                           clustering="cumulative"),
+        "full_video": dict(
+            epochs=50,
+            batch_size=8,
+            optimizer="sgd",
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=5e-4,
+            lr_schedule="cosine",
+            num_clusters=8,
+            clustering="cumulative",
+        ),
     },
 }
 
@@ -162,7 +203,9 @@ def _parse_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _parse_json_dict(text: str) -> dict:
@@ -194,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", ""),
-                                  "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "help": f.metadata.get("help", ""),
+            "default": argparse.SUPPRESS,
+        }
         if get_origin(hint) is Literal:
             kwargs["choices"] = list(get_args(hint))
             kwargs["type"] = type(get_args(hint)[0])
@@ -242,4 +288,3 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     if "pathway_sizes" in data:
         data["pathway_sizes"] = tuple(data["pathway_sizes"])
     return TrainConfig(**data)
-

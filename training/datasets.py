@@ -602,19 +602,22 @@ class _VideoSource(Dataset):
         return np.random.default_rng([self.seed, self.epoch, key]) if self.train else None
 
     def _decode(self, entry: VideoEntry) -> np.ndarray:
-        frames, _ = decode_for(entry.path, self.spec, limits=self.limits,
-                               threads=self.decode_threads)
+        frames, _ = decode_for(
+            entry.path, self.spec, limits=self.limits, threads=self.decode_threads
+        )
         return frames
 
     def _indices(self, frames: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        return sample_video(frames, self.spec, train=self.train, rng=rng,
-                            max_inputs=self.max_clips or 0)
+        return sample_video(
+            frames, self.spec, train=self.train, rng=rng, max_inputs=self.max_clips or 0
+        )
 
     def _tensor(
         self, frames: np.ndarray, idx: np.ndarray, rng: np.random.Generator | None
     ) -> torch.Tensor:
-        return inputs_from_indices(frames, idx, self.spec, train=self.train, rng=rng,
-                                   hflip=self.hflip)
+        return inputs_from_indices(
+            frames, idx, self.spec, train=self.train, rng=rng, hflip=self.hflip
+        )
 
     def _entry_of(self, item: int) -> VideoEntry:
         raise NotImplementedError
@@ -640,7 +643,10 @@ class _VideoSource(Dataset):
                 self.failures[path] = f"{type(err).__name__}: {err}"
                 logger.warning(
                     "skipping unreadable video %s (%s: %s); %d failed so far in this process",
-                    path, type(err).__name__, err, len(self.failures),
+                    path,
+                    type(err).__name__,
+                    err,
+                    len(self.failures),
                 )
         raise RuntimeError(f"no readable video left in this dataset ({n} items tried)")
 

@@ -75,19 +75,39 @@ def evaluate_videos(
             log.warning("evaluation skips %s: %s", path, err)
             skipped.append(str(path))
             continue
-        pred = predict_frames(forward, frames, spec, batch_size=batch_size,
-                              max_inputs=max_inputs, centres=centres, gamma=gamma)
+        pred = predict_frames(
+            forward,
+            frames,
+            spec,
+            batch_size=batch_size,
+            max_inputs=max_inputs,
+            centres=centres,
+            gamma=gamma,
+        )
         s = pred.scores
         nearest = float(s.distances[s.order[0]]) if s.distances is not None else float("nan")
-        outcomes.append(VideoOutcome(Path(path), int(label), s.order.tolist(), s.unknown,
-                                     _input_correct(pred.outputs, s, int(label)), pred.inputs,
-                                     nearest))
+        outcomes.append(
+            VideoOutcome(
+                Path(path),
+                int(label),
+                s.order.tolist(),
+                s.unknown,
+                _input_correct(pred.outputs, s, int(label)),
+                pred.inputs,
+                nearest,
+            )
+        )
     clip_total = sum(o.inputs for o in outcomes) if spec.output == "logits" else 0
     summary = summarize(
-        [o.order for o in outcomes], [o.label for o in outcomes], num_classes,
-        clip_correct=sum(o.input_correct for o in outcomes), clip_total=clip_total,
+        [o.order for o in outcomes],
+        [o.label for o in outcomes],
+        num_classes,
+        clip_correct=sum(o.input_correct for o in outcomes),
+        clip_total=clip_total,
     )
     summary["skipped"] = skipped
     if any(o.unknown for o in outcomes) or gamma is not None:
-        summary["unknown_rate"] = float(np.mean([o.unknown for o in outcomes])) if outcomes else float("nan")
+        summary["unknown_rate"] = (
+            float(np.mean([o.unknown for o in outcomes])) if outcomes else float("nan")
+        )
     return summary, outcomes

@@ -18,7 +18,9 @@ def topk_accuracy(rankings: Sequence[Sequence[int]], labels: Sequence[int], k: i
     return hits / len(labels)
 
 
-def confusion_matrix(predicted: Sequence[int], labels: Sequence[int], num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    predicted: Sequence[int], labels: Sequence[int], num_classes: int
+) -> np.ndarray:
     """``cm[true, predicted]`` counts; predictions outside ``[0, num_classes)`` (e.g. -1 for
     'unknown') are not counted."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -28,7 +30,9 @@ def confusion_matrix(predicted: Sequence[int], labels: Sequence[int], num_classe
     return cm
 
 
-def per_class_accuracy(predicted: Sequence[int], labels: Sequence[int], num_classes: int) -> list[float]:
+def per_class_accuracy(
+    predicted: Sequence[int], labels: Sequence[int], num_classes: int
+) -> list[float]:
     """Accuracy per true class (NaN for a class with no test video)."""
     correct = np.zeros(num_classes)
     total = np.zeros(num_classes)

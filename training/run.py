@@ -30,16 +30,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.bundle import write_bundle
 from models.fileio import atomic_write
 from models.registry import create_model
-from models.bundle import write_bundle
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
 from training.evaluate import evaluate_videos
 from training.metrics import lr_at
 from training.tasks import Batch, make_task
 
-__all__ = ["channels_last_for", "main", "make_optimizer", "mixed_precision", "to_device", "train", "train_step"]
+__all__ = [
+    "channels_last_for",
+    "main",
+    "make_optimizer",
+    "mixed_precision",
+    "to_device",
+    "train",
+    "train_step",
+]
 
 log = logging.getLogger("training")
 
@@ -86,13 +94,17 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def mixed_precision(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+def mixed_precision(
+    cfg: TrainConfig, device: torch.device
+) -> tuple[Any, torch.amp.GradScaler | None]:
     """An autocast context factory and, for fp16, a gradient scaler (CUDA with ``amp`` only:
     bf16 where the GPU supports it, else fp16 + scaler; a no-op elsewhere)."""
     if not (cfg.amp and device.type == "cuda"):
@@ -113,13 +125,24 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
     inputs = batch.inputs.to(device, non_blocking=True)
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-    return Batch(inputs, batch.labels.to(device, non_blocking=True),
-                 None if batch.input_video is None else batch.input_video.to(device, non_blocking=True))
+    return Batch(
+        inputs,
+        batch.labels.to(device, non_blocking=True),
+        None if batch.input_video is None else batch.input_video.to(device, non_blocking=True),
+    )
 
 
-def train_step(net: nn.Module, task: Any, batch: Batch, optimizer: torch.optim.Optimizer, *,
-               autocast: Any, scaler: torch.amp.GradScaler | None, grad_clip: float = 0.0,
-               where: str = "") -> tuple[Tensor, dict[str, float]]:
+def train_step(
+    net: nn.Module,
+    task: Any,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    autocast: Any,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float = 0.0,
+    where: str = "",
+) -> tuple[Tensor, dict[str, float]]:
     """One optimisation step: the task's loss under ``autocast``, backward (scaled for fp16),
     optional gradient clipping, update. Returns the detached loss and the loss parts; a
     non-finite loss stops the run before it reaches the weights."""
@@ -143,8 +166,15 @@ def train_step(net: nn.Module, task: Any, batch: Batch, optimizer: torch.optim.O
     return loss.detach(), parts
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scaler: Any, epoch: int, step: int, history: list[dict]) -> None:
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    epoch: int,
+    step: int,
+    history: list[dict],
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -172,8 +202,10 @@ def train(cfg: TrainConfig) -> Path | None:
     ctx = _setup_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    logging.basicConfig(level=logging.INFO if ctx.main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if ctx.main else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     show = cfg.progress and ctx.main and sys.stderr.isatty()
 
     # ---- data
@@ -184,9 +216,11 @@ def train(cfg: TrainConfig) -> Path | None:
     if cfg.family == "ms3d" and cfg.holdout_classes > 0:
         # Open-set protocol: the last classes never reach training or the first repository.
         if cfg.holdout_classes >= len(classes) - 1:
-            raise SystemExit(f"--holdout-classes {cfg.holdout_classes} leaves fewer than two "
-                             f"known classes out of {len(classes)}")
-        held_out = classes[-cfg.holdout_classes:]
+            raise SystemExit(
+                f"--holdout-classes {cfg.holdout_classes} leaves fewer than two "
+                f"known classes out of {len(classes)}"
+            )
+        held_out = classes[-cfg.holdout_classes :]
         known = len(classes) - cfg.holdout_classes
         train_entries = [e for e in train_entries if e.label < known]
     if cfg.limit_train:
@@ -205,21 +239,30 @@ def train(cfg: TrainConfig) -> Path | None:
     metrics_path = bundle_dir / "metrics.jsonl"
     if ctx.main:
         bundle_dir.mkdir(parents=True, exist_ok=True)
-        log.info("%s: %d train / %d test videos, %d classes, model %s -> %s",
-                 cfg.family, len(train_entries), len(test_entries), len(classes), task.model_name,
-                 bundle_dir)
+        log.info(
+            "%s: %d train / %d test videos, %d classes, model %s -> %s",
+            cfg.family,
+            len(train_entries),
+            len(test_entries),
+            len(classes),
+            task.model_name,
+            bundle_dir,
+        )
 
     # ---- model
     _seed_all(cfg.seed, 0)
     model_kwargs = task.model_kwargs()
-    model = create_model(task.model_name, spec=spec, **model_kwargs,
-                         **task.build_only_kwargs()).to(ctx.device)
+    model = create_model(task.model_name, spec=spec, **model_kwargs, **task.build_only_kwargs()).to(
+        ctx.device
+    )
     channels_last = channels_last_for(cfg.family, ctx.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     net: nn.Module = model
     if ctx.world > 1:
-        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
 
     # ---- optimizer, data loader
     optimizer = make_optimizer(cfg, model)
@@ -263,16 +306,33 @@ def train(cfg: TrainConfig) -> Path | None:
         seen = 0
         batches = loader
         if show:
-            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
+            batches = tqdm(
+                loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch"
+            )
         t0 = time.time()
         for batch in batches:
-            lr = lr_at(step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.lr_schedule,
-                       warmup_steps=cfg.warmup_steps, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+            lr = lr_at(
+                step,
+                base_lr=cfg.lr,
+                total_steps=total_steps,
+                schedule=cfg.lr_schedule,
+                warmup_steps=cfg.warmup_steps,
+                step_size=cfg.lr_step,
+                gamma=cfg.lr_gamma,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = to_device(batch, ctx.device, channels_last)
-            loss, parts = train_step(net, task, batch, optimizer, autocast=autocast, scaler=scaler,
-                                     grad_clip=cfg.grad_clip, where=f"epoch {epoch + 1}, step {step}")
+            loss, parts = train_step(
+                net,
+                task,
+                batch,
+                optimizer,
+                autocast=autocast,
+                scaler=scaler,
+                grad_clip=cfg.grad_clip,
+                where=f"epoch {epoch + 1}, step {step}",
+            )
             step += 1
             seen += len(batch.inputs)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
@@ -282,15 +342,31 @@ def train(cfg: TrainConfig) -> Path | None:
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
-            "lr": lr_at(max(0, step - 1), base_lr=cfg.lr, total_steps=total_steps,
-                        schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
-                        step_size=cfg.lr_step, gamma=cfg.lr_gamma),
+            "lr": lr_at(
+                max(0, step - 1),
+                base_lr=cfg.lr,
+                total_steps=total_steps,
+                schedule=cfg.lr_schedule,
+                warmup_steps=cfg.warmup_steps,
+                step_size=cfg.lr_step,
+                gamma=cfg.lr_gamma,
+            ),
             "train": {k: v / max(1, steps_per_epoch) for k, v in totals.items()},
             "inputs_per_s": seen * ctx.world / max(1e-9, time.time() - t0),
         }
         if ctx.main and (epoch + 1 == cfg.epochs or (epoch + 1) % max(1, cfg.eval_every) == 0):
-            last_eval = _evaluate(cfg, task, model, spec, train_entries, test_entries,
-                                  classes, held_out, ctx.device, show)[0]
+            last_eval = _evaluate(
+                cfg,
+                task,
+                model,
+                spec,
+                train_entries,
+                test_entries,
+                classes,
+                held_out,
+                ctx.device,
+                show,
+            )[0]
             record["eval"] = last_eval
         history.append(record)
         if ctx.main:
@@ -298,33 +374,65 @@ def train(cfg: TrainConfig) -> Path | None:
             _save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, step, history)
             summary = " ".join(f"{k}={v:.4f}" for k, v in record["train"].items())
             extra = f" top1={last_eval.get('top1', float('nan')):.3f}" if "eval" in record else ""
-            log.info("epoch %d/%d %s%s (%.1f inputs/s)", epoch + 1, cfg.epochs, summary, extra,
-                     record["inputs_per_s"])
+            log.info(
+                "epoch %d/%d %s%s (%.1f inputs/s)",
+                epoch + 1,
+                cfg.epochs,
+                summary,
+                extra,
+                record["inputs_per_s"],
+            )
         _barrier(ctx)
 
     if stop_at < cfg.epochs:
         if ctx.main:
-            log.info("stopped after epoch %d of %d as asked; continue with --resume", stop_at, cfg.epochs)
+            log.info(
+                "stopped after epoch %d of %d as asked; continue with --resume", stop_at, cfg.epochs
+            )
         return None
 
     # ---- save the bundle
     out: Path | None = None
     if ctx.main:
         if not last_eval:
-            last_eval = _evaluate(cfg, task, model, spec, train_entries, test_entries,
-                                  classes, held_out, ctx.device, show)[0]
+            last_eval = _evaluate(
+                cfg,
+                task,
+                model,
+                spec,
+                train_entries,
+                test_entries,
+                classes,
+                held_out,
+                ctx.device,
+                show,
+            )[0]
         extra: dict[str, Any] = {"files": []}
         if cfg.family == "ms3d":
-            repo = _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes,
-                                    held_out, ctx.device, show, final=True)[0]
+            repo = _ms3d_repository(
+                cfg,
+                model,
+                spec,
+                train_entries,
+                test_entries,
+                classes,
+                held_out,
+                ctx.device,
+                show,
+                final=True,
+            )[0]
             repo.save(bundle_dir / "repository.safetensors")
             extra["files"].append("repository.safetensors")
             labels = list(repo.names)
         else:
             labels = classes
-        extra["training"] = {"wall_time_s": time.time() - started, "world_size": ctx.world,
-                             "train_videos": len(train_entries), "test_videos": len(test_entries),
-                             "held_out_classes": held_out}
+        extra["training"] = {
+            "wall_time_s": time.time() - started,
+            "world_size": ctx.world,
+            "train_videos": len(train_entries),
+            "test_videos": len(test_entries),
+            "held_out_classes": held_out,
+        }
         write_bundle(
             bundle_dir,
             model=model,
@@ -337,7 +445,9 @@ def train(cfg: TrainConfig) -> Path | None:
             metrics=last_eval,
             extra=extra,
         )
-        log.info("bundle written to %s (top1 %.3f)", bundle_dir, last_eval.get("top1", float("nan")))
+        log.info(
+            "bundle written to %s (top1 %.3f)", bundle_dir, last_eval.get("top1", float("nan"))
+        )
         out = bundle_dir
     _barrier(ctx)
     if ctx.world > 1:
@@ -345,19 +455,37 @@ def train(cfg: TrainConfig) -> Path | None:
     return out
 
 
-def _evaluate(cfg, task, model, spec, train_entries, test_entries, classes, held_out,
-              device, show) -> tuple[dict[str, Any], Any]:
+def _evaluate(
+    cfg, task, model, spec, train_entries, test_entries, classes, held_out, device, show
+) -> tuple[dict[str, Any], Any]:
     """Rank 0 evaluation through the service's path; ms3d builds its repository first."""
     model.eval()
     forward = _forward_fn(model, device)
     try:
         if cfg.family == "ms3d":
-            repo, figures = _ms3d_repository(cfg, model, spec, train_entries, test_entries,
-                                             classes, held_out, device, show, final=False)
+            repo, figures = _ms3d_repository(
+                cfg,
+                model,
+                spec,
+                train_entries,
+                test_entries,
+                classes,
+                held_out,
+                device,
+                show,
+                final=False,
+            )
             return figures, repo
         videos = [(e.path, e.label) for e in test_entries]
-        summary, _ = evaluate_videos(forward, videos, spec, len(classes), batch_size=cfg.batch_size,
-                                     max_inputs=cfg.eval_max_clips, progress=show)
+        summary, _ = evaluate_videos(
+            forward,
+            videos,
+            spec,
+            len(classes),
+            batch_size=cfg.batch_size,
+            max_inputs=cfg.eval_max_clips,
+            progress=show,
+        )
         return summary, None
     finally:
         model.train()
@@ -371,8 +499,9 @@ def _forward_fn(model: nn.Module, device: torch.device):
     return forward
 
 
-def _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes, held_out,
-                     device, show, *, final: bool):
+def _ms3d_repository(
+    cfg, model, spec, train_entries, test_entries, classes, held_out, device, show, *, final: bool
+):
     """Build the class-centre repository from training videos, calibrate gamma on held-out
     in-class videos, and measure closed-set accuracy and open-set rejection on the test split.
 
@@ -429,14 +558,30 @@ def _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes, hel
     known_test = [(e.path, e.label) for e in test_entries if e.label < known]
     unknown_test = [(e.path, e.label) for e in test_entries if e.label >= known]
     centres = repo.centres_tensor()
-    closed, outcomes = evaluate_videos(forward, known_test, spec, known, batch_size=cfg.batch_size,
-                                       centres=centres, gamma=repo.gamma, progress=show)
+    closed, outcomes = evaluate_videos(
+        forward,
+        known_test,
+        spec,
+        known,
+        batch_size=cfg.batch_size,
+        centres=centres,
+        gamma=repo.gamma,
+        progress=show,
+    )
     figures.update(closed)
-    figures["in_class_acceptance"] = float(np.mean([not o.unknown for o in outcomes])) if outcomes else float("nan")
+    figures["in_class_acceptance"] = (
+        float(np.mean([not o.unknown for o in outcomes])) if outcomes else float("nan")
+    )
     if unknown_test:
-        _, open_outcomes = evaluate_videos(forward, unknown_test, spec, len(classes),
-                                           batch_size=cfg.batch_size, centres=centres,
-                                           gamma=repo.gamma)
+        _, open_outcomes = evaluate_videos(
+            forward,
+            unknown_test,
+            spec,
+            len(classes),
+            batch_size=cfg.batch_size,
+            centres=centres,
+            gamma=repo.gamma,
+        )
         figures["unknown_rejection"] = float(np.mean([o.unknown for o in open_outcomes]))
         figures["unknown_videos"] = len(unknown_test)
         if len(calib_dist):
@@ -445,9 +590,12 @@ def _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes, hel
             known_d = np.array([o.nearest for o in outcomes])
             unknown_d = np.array([o.nearest for o in open_outcomes])
             figures["open_set_sweep"] = [
-                {"percentile": q, "gamma": (g := calibrate_gamma(calib_dist, q)),
-                 "in_class_acceptance": float(np.mean(known_d < g)),
-                 "unknown_rejection": float(np.mean(unknown_d >= g))}
+                {
+                    "percentile": q,
+                    "gamma": (g := calibrate_gamma(calib_dist, q)),
+                    "in_class_acceptance": float(np.mean(known_d < g)),
+                    "unknown_rejection": float(np.mean(unknown_d >= g)),
+                }
                 for q in (50.0, 75.0, 90.0, 95.0, 99.0)
             ]
     if final and held_out:
@@ -458,8 +606,15 @@ def _ms3d_repository(cfg, model, spec, train_entries, test_entries, classes, hel
             if rows:
                 repo.add_class(classes[label], np.concatenate(rows))
         all_test = [(e.path, e.label) for e in test_entries]
-        full, _ = evaluate_videos(forward, all_test, spec, len(repo.names), batch_size=cfg.batch_size,
-                                  centres=repo.centres_tensor(), gamma=math.inf)
+        full, _ = evaluate_videos(
+            forward,
+            all_test,
+            spec,
+            len(repo.names),
+            batch_size=cfg.batch_size,
+            centres=repo.centres_tensor(),
+            gamma=math.inf,
+        )
         figures["all_classes_after_adding_top1"] = full["top1"]
     model.train()
     return repo, figures

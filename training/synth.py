@@ -250,9 +250,13 @@ def sample_motion(
     chunk = (int(rng.integers(0, frames - length + 1)), length)
     kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
     lo, hi = 0.5 * base - 0.5, size - 0.5 - 0.5 * base
-    d_centre = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi))) if hi > lo else (
-        (size - 1) / 2,
-        (size - 1) / 2,
+    d_centre = (
+        (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+        if hi > lo
+        else (
+            (size - 1) / 2,
+            (size - 1) / 2,
+        )
     )
     return MotionSpec(
         motion=motion,

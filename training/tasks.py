@@ -70,7 +70,9 @@ def _collate_padded_videos(items: list[Any]) -> Batch:
 class _EpochBatches(Sampler[list[int]]):
     """Pre-drawn index batches per epoch (N-pair batches), split across ranks."""
 
-    def __init__(self, labels: Sequence[int], n_classes: int, seed: int, rank: int, world: int) -> None:
+    def __init__(
+        self, labels: Sequence[int], n_classes: int, seed: int, rank: int, world: int
+    ) -> None:
         self.labels, self.n_classes = np.asarray(labels), n_classes
         self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
         self._count = max(1, len(self.labels) // (2 * n_classes))
@@ -80,7 +82,9 @@ class _EpochBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, 7])
-        batches = npair_batches(self.labels, self.n_classes, rng, num_batches=self._count * self.world)
+        batches = npair_batches(
+            self.labels, self.n_classes, rng, num_batches=self._count * self.world
+        )
         for b in batches[self.rank :: self.world]:
             yield b.reshape(-1).tolist()
 
@@ -99,8 +103,9 @@ class Task:
         self.model_name = cfg.resolved_model()
         self.base = get_spec(self.model_name)
         if self.base.family != cfg.family:
-            raise ValueError(f"model {self.model_name!r} is a {self.base.family} model, "
-                             f"not {cfg.family}")
+            raise ValueError(
+                f"model {self.model_name!r} is a {self.base.family} model, not {cfg.family}"
+            )
 
     # ---- model
     def model_kwargs(self) -> dict[str, Any]:
@@ -122,23 +127,37 @@ class Task:
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
         spec = self.spec()
         if self.video_level():
-            return VideoDataset(entries, spec=spec, train=True, max_clips=self.cfg.max_clips,
-                                seed=self.cfg.seed)
+            return VideoDataset(
+                entries, spec=spec, train=True, max_clips=self.cfg.max_clips, seed=self.cfg.seed
+            )
         return ClipDataset(entries, spec=spec, train=True, mode="random", seed=self.cfg.seed)
 
     def collate(self, items: list[Any]) -> Batch:
         return _collate_videos(items) if self.video_level() else _collate_clips(items)
 
-    def loader(self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int,
-               workers: int) -> tuple[DataLoader, Any]:
+    def loader(
+        self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int, workers: int
+    ) -> tuple[DataLoader, Any]:
         """A loader whose order depends on (seed, epoch) only; returns it and the object
         whose ``set_epoch`` must be called each epoch."""
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                     seed=self.cfg.seed, drop_last=False)
-        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler,
-                            num_workers=workers, collate_fn=self.collate,
-                            pin_memory=torch.cuda.is_available(), drop_last=False,
-                            persistent_workers=False)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=False,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=self.collate,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+            persistent_workers=False,
+        )
         return loader, sampler
 
     # ---- loss
@@ -146,7 +165,6 @@ class Task:
         logits = model(batch.inputs)
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
         return loss, {"ce": float(loss.detach())}
-
 
 
 def _consecutive_spec(d: VariantSpec, cfg: TrainConfig) -> VariantSpec:
@@ -181,8 +199,9 @@ class C3DTask(Task):
         if not self.video_level():
             loss = clip_ce_loss(logits, batch.labels)
             return loss, {"ce": float(loss.detach())}
-        loss = vll_loss(logits, batch.input_video, batch.labels, ccl=self.cfg.ccl,
-                        alpha=self.cfg.alpha)
+        loss = vll_loss(
+            logits, batch.input_video, batch.labels, ccl=self.cfg.ccl, alpha=self.cfg.alpha
+        )
         return loss, {"vll": float(loss.detach())}
 
 
@@ -208,7 +227,9 @@ class AttentionTask(Task):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         out = model(batch.inputs, return_aux=True)
         labels = batch.labels if batch.input_video is None else batch.labels[batch.input_video]
-        total, parts = attention_lstm_loss(out, labels, lam=self.cfg.lam, ds_weight=self.cfg.ds_weight)
+        total, parts = attention_lstm_loss(
+            out, labels, lam=self.cfg.lam, ds_weight=self.cfg.ds_weight
+        )
         return total, {k: float(v) for k, v in parts.items()}
 
 
@@ -241,13 +262,19 @@ class MS3DTask(Task):
         one_walk = spec.replace(sampler_kwargs={**spec.sampler_kwargs, "walks": 1})
         return VideoDataset(entries, spec=one_walk, train=True, seed=self.cfg.seed)
 
-    def loader(self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int,
-               workers: int) -> tuple[DataLoader, Any]:
+    def loader(
+        self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int, workers: int
+    ) -> tuple[DataLoader, Any]:
         labels = [e.label for e in entries]
         n_classes = max(2, min(self.cfg.batch_size // 2, len(set(labels))))
         batches = _EpochBatches(labels, n_classes, self.cfg.seed, rank, world)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                            collate_fn=_collate_videos, pin_memory=torch.cuda.is_available())
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate_videos,
+            pin_memory=torch.cuda.is_available(),
+        )
         return loader, batches
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:

@@ -87,15 +87,56 @@ _EPS = 1e-6
 # Demuxers for video containers and raw video elementary streams. Anything else (playlists,
 # concat lists, subtitles...) fails to open: playlist-like demuxers open further files or
 # URLs named inside the input.
-_VIDEO_DEMUXERS = frozenset({
-    "mov", "mp4", "matroska", "webm", "avi", "flv", "mpegts", "mpeg", "asf", "ogg", "nut",
-    "mxf", "dv", "rm", "gif", "apng", "ivf", "obu", "yuv4mpegpipe", "h264", "hevc", "vvc",
-    "m4v", "mpegvideo", "h261", "h263", "cavsvideo", "vc1", "dirac", "mjpeg",
-})
+_VIDEO_DEMUXERS = frozenset(
+    {
+        "mov",
+        "mp4",
+        "matroska",
+        "webm",
+        "avi",
+        "flv",
+        "mpegts",
+        "mpeg",
+        "asf",
+        "ogg",
+        "nut",
+        "mxf",
+        "dv",
+        "rm",
+        "gif",
+        "apng",
+        "ivf",
+        "obu",
+        "yuv4mpegpipe",
+        "h264",
+        "hevc",
+        "vvc",
+        "m4v",
+        "mpegvideo",
+        "h261",
+        "h263",
+        "cavsvideo",
+        "vc1",
+        "dirac",
+        "mjpeg",
+    }
+)
 # Self-contained audio formats: allowed so they are refused as "no video stream" (415).
-_AUDIO_DEMUXERS = frozenset({
-    "mp3", "wav", "w64", "flac", "aac", "aiff", "ac3", "eac3", "amr", "caf", "au",
-})
+_AUDIO_DEMUXERS = frozenset(
+    {
+        "mp3",
+        "wav",
+        "w64",
+        "flac",
+        "aac",
+        "aiff",
+        "ac3",
+        "eac3",
+        "amr",
+        "caf",
+        "au",
+    }
+)
 # Still-image demuxers are let through the whitelist only so they can be named in the error.
 _IMAGE_DEMUXERS = frozenset(
     {"image2", "image2pipe", "webp", "jpegxl_anim"}
@@ -103,16 +144,42 @@ _IMAGE_DEMUXERS = frozenset(
 )
 _FORMAT_WHITELIST = ",".join(sorted(_VIDEO_DEMUXERS | _AUDIO_DEMUXERS | _IMAGE_DEMUXERS))
 # Codecs that usually carry a single picture: one decoded frame of these is an image.
-_IMAGE_CODECS = frozenset({
-    "png", "apng", "mjpeg", "jpegls", "jpeg2000", "jpegxl", "gif", "bmp", "tiff", "webp",
-    "qoi", "pam", "pbm", "pgm", "ppm", "sgi", "targa", "exr", "dpx", "psd", "hdr",
-})
+_IMAGE_CODECS = frozenset(
+    {
+        "png",
+        "apng",
+        "mjpeg",
+        "jpegls",
+        "jpeg2000",
+        "jpegxl",
+        "gif",
+        "bmp",
+        "tiff",
+        "webp",
+        "qoi",
+        "pam",
+        "pbm",
+        "pgm",
+        "ppm",
+        "sgi",
+        "targa",
+        "exr",
+        "dpx",
+        "psd",
+        "hdr",
+    }
+)
 # ISO-BMFF major brands of still images (AVIF, HEIF) that open with the mov demuxer.
 _IMAGE_BRANDS = frozenset({"avif", "heic", "heix", "heim", "heis", "mif1"})
 # Leading bytes of containers whose open failure means "cut short", not "not a video".
 _ISO_BOX_TYPES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
-_CONTAINER_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"OggS",
-                    b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")
+_CONTAINER_MAGIC = (
+    b"\x1a\x45\xdf\xa3",
+    b"RIFF",
+    b"FLV",
+    b"OggS",
+    b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",
+)
 
 
 @dataclass(frozen=True)
@@ -209,8 +276,14 @@ def probe_video(src: Source, *, limits: DecodeLimits | None = None) -> VideoMeta
     duration = header.declared_duration_s
     if duration is None:
         duration = frames / header.fps if frames and header.fps else 0.0
-    return VideoMeta(fps=header.fps, frame_count=frames, duration_s=duration,
-                     width=header.width, height=header.height, codec=header.codec)
+    return VideoMeta(
+        fps=header.fps,
+        frame_count=frames,
+        duration_s=duration,
+        width=header.width,
+        height=header.height,
+        codec=header.codec,
+    )
 
 
 def decode_video(
@@ -353,13 +426,15 @@ def _open_video(
             raise EmptyVideoError("input is empty (0 bytes)")
         if limits.max_bytes is not None and nbytes > limits.max_bytes:
             raise VideoLimitError(
-                f"input is {nbytes} bytes, above the limit max_bytes={limits.max_bytes}")
+                f"input is {nbytes} bytes, above the limit max_bytes={limits.max_bytes}"
+            )
         options = {"format_whitelist": _FORMAT_WHITELIST}
         if isinstance(target, str):
             options["protocol_whitelist"] = "file"
         try:
-            container = av.open(target, mode="r", container_options=options,
-                                metadata_errors="replace")
+            container = av.open(
+                target, mode="r", container_options=options, metadata_errors="replace"
+            )
         except av.FFmpegError as exc:
             raise _open_failure(exc, target) from exc
         with container:
@@ -421,7 +496,8 @@ def _copy_bounded(src: BinaryIO, dst: BinaryIO, max_bytes: int | None) -> int:
         total += len(block)
         if max_bytes is not None and total > max_bytes:
             raise VideoLimitError(
-                f"input is more than {max_bytes} bytes, above the limit max_bytes={max_bytes}")
+                f"input is more than {max_bytes} bytes, above the limit max_bytes={max_bytes}"
+            )
         dst.write(block)
 
 
@@ -464,7 +540,8 @@ def _open_failure(exc: av.FFmpegError, target: str | BinaryIO) -> VideoError:
     if head[4:8] in _ISO_BOX_TYPES or head.startswith(_CONTAINER_MAGIC):
         return TruncatedVideoError(
             "input starts like a video container but its header or index cannot be read "
-            "(e.g. an MP4 without its moov atom): cut short or damaged")
+            "(e.g. an MP4 without its moov atom): cut short or damaged"
+        )
     return NotAVideoError("input is not a recognised video format")
 
 
@@ -488,8 +565,9 @@ def _select_stream(container: av.container.InputContainer) -> av.VideoStream:
     if brand in _IMAGE_BRANDS:
         raise NotAVideoError(f"input is a still image (ISO-BMFF brand {brand!r}), not a video")
     kinds = sorted({s.type for s in container.streams})
-    videos = [s for s in container.streams.video
-              if not s.disposition & av.stream.Disposition.attached_pic]
+    videos = [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+    ]
     if not kinds:
         raise EmptyVideoError("container holds no streams at all")
     if not videos:
@@ -519,9 +597,15 @@ def _read_header(stream: av.VideoStream) -> _Header:
     if expected is None and duration is not None and fps:
         expected = max(1, round(duration * fps))
     ctx = stream.codec_context
-    return _Header(fps=fps, declared_frames=declared, expected_frames=expected,
-                   declared_duration_s=duration, width=int(ctx.width), height=int(ctx.height),
-                   codec=ctx.name)
+    return _Header(
+        fps=fps,
+        declared_frames=declared,
+        expected_frames=expected,
+        declared_duration_s=duration,
+        width=int(ctx.width),
+        height=int(ctx.height),
+        codec=ctx.name,
+    )
 
 
 def _check_declared_limits(header: _Header, limits: DecodeLimits) -> None:
@@ -534,19 +618,22 @@ def _check_declared_limits(header: _Header, limits: DecodeLimits) -> None:
         if header.expected_frames > limits.max_frames + slack:
             raise VideoLimitError(
                 f"video declares {header.expected_frames} frames, above the limit "
-                f"max_frames={limits.max_frames}")
+                f"max_frames={limits.max_frames}"
+            )
     if limits.max_duration_s is not None and header.declared_duration_s is not None:
         if header.declared_duration_s > limits.max_duration_s + _EPS:
             raise VideoLimitError(
                 f"video declares {header.declared_duration_s:.3f} s, above the limit "
-                f"max_duration_s={limits.max_duration_s}")
+                f"max_duration_s={limits.max_duration_s}"
+            )
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, verb: str) -> None:
     if width * height > max_pixels:
         raise VideoLimitError(
             f"video {verb} {width}x{height} = {width * height} pixels per frame, above the "
-            f"limit max_pixels={max_pixels}")
+            f"limit max_pixels={max_pixels}"
+        )
 
 
 def _initial_capacity(header: _Header, limits: DecodeLimits, frame_bytes: int) -> int:
@@ -603,11 +690,18 @@ def _decode_rgb(
             if out_h is None:
                 out_h, out_w = frame.height, frame.width
             try:
-                yield reformatter.reformat(frame, width=out_w, height=out_h, format="gbrp",
-                                           interpolation=_INTERPOLATION, threads=_SWS_THREADS)
+                yield reformatter.reformat(
+                    frame,
+                    width=out_w,
+                    height=out_h,
+                    format="gbrp",
+                    interpolation=_INTERPOLATION,
+                    threads=_SWS_THREADS,
+                )
             except av.FFmpegError as exc:
-                raise CorruptVideoError(f"frame {progress.frames - 1} cannot be converted "
-                                        f"to RGB: {exc}") from exc
+                raise CorruptVideoError(
+                    f"frame {progress.frames - 1} cannot be converted to RGB: {exc}"
+                ) from exc
 
 
 def _write_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
@@ -634,8 +728,8 @@ def _check_frame_limits(
     """Limits on what actually decodes; metadata may understate any of them."""
     if limits.max_frames is not None and progress.frames > limits.max_frames:
         raise VideoLimitError(
-            f"video has more than {limits.max_frames} frames (limit max_frames="
-            f"{limits.max_frames})")
+            f"video has more than {limits.max_frames} frames (limit max_frames={limits.max_frames})"
+        )
     if limits.max_pixels is not None:
         _check_pixels(frame.width, frame.height, limits.max_pixels, "has a frame of")
     start = frame.time
@@ -650,7 +744,8 @@ def _check_frame_limits(
     if limits.max_duration_s is not None and progress.t_end > limits.max_duration_s + _EPS:
         raise VideoLimitError(
             f"video lasts more than {progress.t_end:.3f} s, above the limit "
-            f"max_duration_s={limits.max_duration_s}")
+            f"max_duration_s={limits.max_duration_s}"
+        )
 
 
 def _judge(progress: _Progress, header: _Header) -> None:
@@ -660,7 +755,8 @@ def _judge(progress: _Progress, header: _Header) -> None:
         if progress.packets == 0 and progress.demux_error is None:
             raise EmptyVideoError("video stream holds no frames")
         raise CorruptVideoError(
-            f"no frame could be decoded from {progress.packets} packets{detail}")
+            f"no frame could be decoded from {progress.packets} packets{detail}"
+        )
     if progress.frames == 1 and progress.packets <= 1 and header.codec in _IMAGE_CODECS:
         raise NotAVideoError(f"input is a single {header.codec} picture, not a video")
     declared = header.expected_frames
@@ -671,14 +767,20 @@ def _judge(progress: _Progress, header: _Header) -> None:
         if ended_early and not isinstance(progress.demux_error, av.error.InvalidDataError):
             raise TruncatedVideoError(
                 f"container ends after {progress.packets} of {declared} declared frames "
-                f"(decoded {progress.frames}): the file was cut short{detail}")
+                f"(decoded {progress.frames}): the file was cut short{detail}"
+            )
         raise CorruptVideoError(
             f"decoded {clean} clean frames of {expected} expected "
-            f"({progress.bad_packets} packets rejected){detail}")
+            f"({progress.bad_packets} packets rejected){detail}"
+        )
     if progress.first_error or progress.corrupt_frames:
         _log.warning(
             "video decoded with damage: %d clean frames of %d expected, %d packets rejected%s",
-            clean, expected, progress.bad_packets, detail)
+            clean,
+            expected,
+            progress.bad_packets,
+            detail,
+        )
 
 
 def _meta(progress: _Progress, header: _Header) -> VideoMeta:
@@ -688,5 +790,11 @@ def _meta(progress: _Progress, header: _Header) -> VideoMeta:
         fps = progress.frames / duration
     if duration <= 0 and fps:
         duration = progress.frames / fps
-    return VideoMeta(fps=fps, frame_count=progress.frames, duration_s=duration,
-                     width=header.width, height=header.height, codec=header.codec)
+    return VideoMeta(
+        fps=fps,
+        frame_count=progress.frames,
+        duration_s=duration,
+        width=header.width,
+        height=header.height,
+        codec=header.codec,
+    )

@@ -33,8 +33,11 @@ _BODY = multipart_body(
     required=["label", "file"],
     properties={
         "label": {"type": "string", "description": "class name (no '/')"},
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                 "description": "one or more example videos of the class"},
+        "file": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "one or more example videos of the class",
+        },
     },
 )
 
@@ -43,8 +46,7 @@ def valid_label(label: str) -> str:
     """``label`` stripped, or 422."""
     label = label.strip()
     if not _LABEL.match(label):
-        raise ApiError(422, "invalid_label",
-                       "a label is 1-100 printable characters without '/'")
+        raise ApiError(422, "invalid_label", "a label is 1-100 printable characters without '/'")
     return label
 
 
@@ -57,19 +59,31 @@ def _gamma(model: LoadedModel) -> float | None:
     return model.describe(False).get("gamma")
 
 
-@router.get("", response_model=ClassesResponse, summary="Classes in an ms3d repository",
-            responses={404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]})
+@router.get(
+    "",
+    response_model=ClassesResponse,
+    summary="Classes in an ms3d repository",
+    responses={404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]},
+)
 async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
     return ClassesResponse(model=model.name, gamma=_gamma(model), classes=_classes(model))
 
 
-@router.post("", response_model=EnrolResponse, status_code=201,
-             summary="Add a class from example videos, or refine its centre",
-             responses={200: {"model": EnrolResponse, "description": "existing class updated"},
-                        **ERROR_RESPONSES}, openapi_extra=_BODY)
-async def enrol(name: str, request: Request, response: Response,
-                state: ReadyState) -> EnrolResponse:
+@router.post(
+    "",
+    response_model=EnrolResponse,
+    status_code=201,
+    summary="Add a class from example videos, or refine its centre",
+    responses={
+        200: {"model": EnrolResponse, "description": "existing class updated"},
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=_BODY,
+)
+async def enrol(
+    name: str, request: Request, response: Response, state: ReadyState
+) -> EnrolResponse:
     s = state.settings
     model = state.store.get(name)
     model.require_repository()
@@ -77,17 +91,25 @@ async def enrol(name: str, request: Request, response: Response,
     form: Form | None = None
     try:
         async with asyncio.timeout(s.request_timeout_s):
-            form = await read_form(request, file_fields={"file"}, max_file_bytes=s.max_upload_bytes,
-                                   max_files=s.max_enrol_videos, tmp_dir=s.upload_dir)
+            form = await read_form(
+                request,
+                file_fields={"file"},
+                max_file_bytes=s.max_upload_bytes,
+                max_files=s.max_enrol_videos,
+                tmp_dir=s.upload_dir,
+            )
             label = valid_label(form.fields.get("label", ""))
             files = form.files_of("file")
             if not files:
-                raise ApiError(422, "missing_file",
-                               "no example video: send one or more as multipart field 'file'")
+                raise ApiError(
+                    422,
+                    "missing_file",
+                    "no example video: send one or more as multipart field 'file'",
+                )
             request.state.model = model.name
-            embeddings = await state.queue.submit(ticket, embed_job, model,
-                                                  [f.path for f in files], s, state.queue,
-                                                  state.metrics)
+            embeddings = await state.queue.submit(
+                ticket, embed_job, model, [f.path for f in files], s, state.queue, state.metrics
+            )
         # Outside the timeout: a persisted change is never answered as a failure. File I/O
         # under a lock, so off the event loop too.
         created, _ = await asyncio.to_thread(model.enrol, label, embeddings)
@@ -98,13 +120,26 @@ async def enrol(name: str, request: Request, response: Response,
         if form is not None:
             form.cleanup()
     response.status_code = 201 if created else 200
-    return EnrolResponse(model=model.name, gamma=_gamma(model), classes=_classes(model),
-                         label=label, created=created, videos=len(files))
+    return EnrolResponse(
+        model=model.name,
+        gamma=_gamma(model),
+        classes=_classes(model),
+        label=label,
+        created=created,
+        videos=len(files),
+    )
 
 
-@router.delete("/{label}", response_model=ClassesResponse, summary="Remove a class",
-               responses={404: ERROR_RESPONSES[404], 409: {"description": "the last class"},
-                          503: ERROR_RESPONSES[503]})
+@router.delete(
+    "/{label}",
+    response_model=ClassesResponse,
+    summary="Remove a class",
+    responses={
+        404: ERROR_RESPONSES[404],
+        409: {"description": "the last class"},
+        503: ERROR_RESPONSES[503],
+    },
+)
 async def remove(name: str, label: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
     await asyncio.to_thread(model.remove_class, label)

@@ -51,5 +51,6 @@ def admit(state: ServiceState) -> Ticket:
         return state.queue.reserve()
     except QueueFull as err:
         state.metrics.rejected.labels("queue_full").inc()
-        raise ApiError(503, "overloaded", f"server busy: {err}; retry later",
-                       state.retry_after()) from None
+        raise ApiError(
+            503, "overloaded", f"server busy: {err}; retry later", state.retry_after()
+        ) from None

@@ -20,8 +20,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Ready, summary="Models are loaded and warm",
-            responses={503: ERROR_RESPONSES[503]})
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    summary="Models are loaded and warm",
+    responses={503: ERROR_RESPONSES[503]},
+)
 async def readyz(state: State) -> Ready:
     ready, why = state.store.readiness()
     if not ready:
@@ -29,8 +33,11 @@ async def readyz(state: State) -> Ready:
     return Ready(status="ready", models=sorted(state.store.models))
 
 
-@router.get("/metrics", summary="Prometheus metrics (text format)",
-            response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics(state: State) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -12,13 +12,18 @@ __all__ = ["router"]
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelsResponse,
-            summary="Loaded bundles with labels, family, backend and sampler")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    summary="Loaded bundles with labels, family, backend and sampler",
+)
 async def list_loaded(state: State) -> ModelsResponse:
     store = state.store
     default = store.default_name
     return ModelsResponse(
         default=default,
-        models=[ModelInfo(**m.describe(name == default)) for name, m in sorted(store.models.items())],
+        models=[
+            ModelInfo(**m.describe(name == default)) for name, m in sorted(store.models.items())
+        ],
         failed=dict(store.failed),
     )

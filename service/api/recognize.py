@@ -26,10 +26,12 @@ router = APIRouter(tags=["recognition"])
 _BODY = multipart_body(
     required=["file"],
     properties={
-        "file": {"type": "string", "format": "binary",
-                 "description": "the video (any container/codec FFmpeg decodes)"},
-        "model": {"type": "string",
-                  "description": "bundle name (default: the configured default)"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "the video (any container/codec FFmpeg decodes)",
+        },
+        "model": {"type": "string", "description": "bundle name (default: the configured default)"},
     },
 )
 
@@ -37,14 +39,22 @@ _BODY = multipart_body(
 def timed_out(state: ServiceState) -> ApiError:
     """The 503 answered when a request outlives ``request_timeout_s``."""
     state.metrics.rejected.labels("timeout").inc()
-    return ApiError(503, "timeout",
-                    f"the request took longer than request_timeout_s="
-                    f"{state.settings.request_timeout_s} s", state.retry_after())
+    return ApiError(
+        503,
+        "timeout",
+        f"the request took longer than request_timeout_s={state.settings.request_timeout_s} s",
+        state.retry_after(),
+    )
 
 
-@router.post("/recognize", response_model=RecognizeResponse, response_model_exclude_unset=True,
-             summary="Recognise the action in an uploaded video",
-             responses=ERROR_RESPONSES, openapi_extra=_BODY)
+@router.post(
+    "/recognize",
+    response_model=RecognizeResponse,
+    response_model_exclude_unset=True,
+    summary="Recognise the action in an uploaded video",
+    responses=ERROR_RESPONSES,
+    openapi_extra=_BODY,
+)
 async def recognize(request: Request, state: ReadyState) -> RecognizeResponse:
     started = time.perf_counter()
     s = state.settings
@@ -52,16 +62,22 @@ async def recognize(request: Request, state: ReadyState) -> RecognizeResponse:
     form: Form | None = None
     try:
         async with asyncio.timeout(s.request_timeout_s):
-            form = await read_form(request, file_fields={"file"}, max_file_bytes=s.max_upload_bytes,
-                                   tmp_dir=s.upload_dir)
+            form = await read_form(
+                request,
+                file_fields={"file"},
+                max_file_bytes=s.max_upload_bytes,
+                tmp_dir=s.upload_dir,
+            )
             files = form.files_of("file")
             if not files:
-                raise ApiError(422, "missing_file",
-                               "no video: send it as the multipart form field 'file'")
+                raise ApiError(
+                    422, "missing_file", "no video: send it as the multipart form field 'file'"
+                )
             model = state.store.get(form.fields.get("model"))
             request.state.model = model.name
-            result = await state.queue.submit(ticket, recognize_job, model, files[0].path, s,
-                                              state.queue, state.metrics)
+            result = await state.queue.submit(
+                ticket, recognize_job, model, files[0].path, s, state.queue, state.metrics
+            )
     except TimeoutError:
         raise timed_out(state) from None
     finally:
@@ -82,7 +98,10 @@ def _answer(model: LoadedModel, result: RecognitionResult, started: float) -> Re
         frames=result.meta.frame_count,
         clips=outcome.prediction.inputs,
         duration_s=result.meta.duration_s,
-        timing_ms=Timing(decode=result.decode_ms, infer=result.infer_ms,
-                         total=(time.perf_counter() - started) * 1000.0),
+        timing_ms=Timing(
+            decode=result.decode_ms,
+            infer=result.infer_ms,
+            total=(time.perf_counter() - started) * 1000.0,
+        ),
         detail=Detail(**detail_of(outcome, model.spec)),
     )

@@ -44,8 +44,10 @@ def step_cross_entropy(
         last_steps: Use only the last ``last_steps`` steps (all if ``None`` or ``>= T``).
     """
     if step_logits.ndim != 3 or labels.shape != step_logits.shape[:1]:
-        raise ValueError(f"need logits (N, T, C) and labels (N,), got {tuple(step_logits.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"need logits (N, T, C) and labels (N,), got {tuple(step_logits.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     if last_steps is not None:
         if last_steps < 1:
             raise ValueError(f"last_steps must be >= 1, got {last_steps}")
@@ -65,8 +67,10 @@ def attention_regularizer(
         detach_attention: Treat the attention as a fixed target (no gradient into it).
     """
     if energy.shape != attention.shape or energy.ndim != 3:
-        raise ValueError(f"energy {tuple(energy.shape)} and attention {tuple(attention.shape)} "
-                         "must both be (N, T, K*K)")
+        raise ValueError(
+            f"energy {tuple(energy.shape)} and attention {tuple(attention.shape)} "
+            "must both be (N, T, K*K)"
+        )
     target = attention.detach() if detach_attention else attention
     return (energy - target).pow(2).sum(dim=(1, 2)).mean()
 
@@ -100,8 +104,10 @@ def attention_lstm_loss(
     ce = step_cross_entropy(out.step_logits, labels, last_steps=last_steps)
     ds = sum((step_cross_entropy(logits, labels) for logits in out.ds_logits), ce.new_zeros(()))
     reg = sum(
-        (attention_regularizer(e, a, detach_attention=detach_attention)
-         for e, a in zip(out.energy, out.attention)),
+        (
+            attention_regularizer(e, a, detach_attention=detach_attention)
+            for e, a in zip(out.energy, out.attention)
+        ),
         ce.new_zeros(()),
     )
     total = ce + ds_weight * ds + lam * reg
