@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast lint format demo demo-train bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,9 +15,27 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest -q
 
-# The main job: Move4Digits, the four demo bundles, their ONNX export, then the server.
+# The suite without the end-to-end tests marked slow (training runs, servers, torchrun).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Lint, format check and types, as CI runs them.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The main job: serve the four shipped demo bundles (demo/bundles) and print curl lines.
 demo: install
 	$(BIN)/python -m service.quickstart
+
+# The long way: generate Move4Digits, train and export the four demo bundles into store/, serve.
+demo-train: install
+	$(BIN)/python -m service.quickstart --train
 
 bench: install
 	$(BIN)/pip install --quiet -e ".[dev,bench]"
