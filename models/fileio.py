@@ -30,10 +30,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # mkstemp creates 0600; the final file gets what open() would give under the umask,
-        # so a service running as another user can read a bundle.
-        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
+        # mkstemp creates 0600 (and a writer may recreate the file); the final file gets what
+        # open() would give under the umask, so a service running as another user can read it.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
