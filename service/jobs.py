@@ -8,8 +8,10 @@ file is removed as soon as it is decoded, and again in ``finally`` whatever happ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from service.store import LoadedModel, Outcome
 from video.decode import DecodeLimits, VideoMeta
 
 __all__ = ["RecognitionResult", "decode_limits", "embed_job", "recognize_job"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def recognize_job(
     return RecognitionResult(outcome, meta, decode_ms, seconds * 1000.0)
 
 
-def _timed(fn, *args):
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
     # Timed on the inference thread: waiting for a free one is queueing, not inference.
     started = time.perf_counter()
     result = fn(*args)
@@ -80,7 +84,7 @@ def embed_job(
     model: LoadedModel, paths: list[Path], settings: Settings, queue: WorkQueue, metrics: Metrics
 ) -> list[np.ndarray]:
     """Walk embeddings of each example video, for enrolment."""
-    out = []
+    out: list[np.ndarray] = []
     try:
         for path in paths:
             frames, _, _ = _decode(model, path, settings, queue, metrics)

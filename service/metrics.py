@@ -1,13 +1,6 @@
-"""Prometheus metrics of one app (its own registry, so several apps can live in one process).
+"""Prometheus metrics of one app, on its own registry (so several apps can live in one process).
 
-Exposed at ``GET /metrics`` in the Prometheus text format:
-
-- ``actrec_requests_total{route, method, status}``: answered requests by route template.
-- ``actrec_request_seconds{route}``: whole-request latency.
-- ``actrec_decode_seconds{model}``, ``actrec_inference_seconds{model, backend}``: the two stages.
-- ``actrec_queue_depth``: admitted requests in progress; ``actrec_queue_capacity``.
-- ``actrec_rejected_total{reason}``: requests refused for load (``queue_full``, ``timeout``).
-- ``actrec_models_loaded`` and ``actrec_model_info{model, family, backend}``.
+Exposed at ``GET /metrics``; ``docs/service.md`` lists them.
 """
 
 from __future__ import annotations

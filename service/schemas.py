@@ -1,4 +1,4 @@
-"""Response bodies of the HTTP contract (DESIGN.md), as pydantic models for the OpenAPI schema."""
+"""Response bodies of the HTTP API, as pydantic models (they make the OpenAPI schema too)."""
 
 from __future__ import annotations
 
@@ -48,16 +48,16 @@ class Detail(BaseModel):
         description="majority_vote, last_steps_vote, mean_prob or nearest_centre"
     )
     clip_predictions: list[str] | None = Field(
-        None, description="voting families: each clip's own class, in clip order"
+        default=None, description="voting families: each clip's own class, in clip order"
     )
     votes: dict[str, int] | None = Field(
-        None, description="voting families: clip votes per class that got any, best first"
+        default=None, description="voting families: clip votes per class that got any, best first"
     )
     distances: list[Distance] | None = Field(
-        None, description="ms3d: distance to every class centre, nearest first"
+        default=None, description="ms3d: distance to every class centre, nearest first"
     )
     gamma: float | None = Field(
-        None, description="ms3d: the unknown threshold (null: never unknown)"
+        default=None, description="ms3d: the unknown threshold (null: never unknown)"
     )
 
 

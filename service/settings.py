@@ -1,7 +1,6 @@
 """Service settings: every field from the environment (``ACTREC_<FIELD>``) or the command line.
 
-The service serves the bundles written by ``training.run`` (see ``../shared/DESIGN.md``, "The
-HTTP contract"); these settings bound what one request may cost and pick the backend.
+They say where the bundles are, pick the backend, and bound what one request may cost.
 """
 
 from __future__ import annotations
@@ -30,69 +29,79 @@ class Settings(BaseSettings):
 
     # --- what to serve, where
     store: Path = Field(
-        Path("store"), description="directory of model bundles (one per subdirectory)"
+        default=Path("store"), description="directory of model bundles (one per subdirectory)"
     )
-    host: str = Field("127.0.0.1", description="interface to listen on")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
     default_model: str | None = Field(
-        None, description="bundle used when a request names none (default: first by name)"
+        default=None, description="bundle used when a request names none (default: first by name)"
     )
 
     # --- backends
     backend: BackendName = Field(
-        "auto", description="auto: TensorRT plan, else ONNX Runtime, else PyTorch, per bundle"
+        default="auto",
+        description="auto: TensorRT plan, else ONNX Runtime, else PyTorch, per bundle",
     )
     model_backends: dict[str, BackendName] = Field(
         default_factory=dict, description="per-bundle override of `backend`, e.g. {name: torch}"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where torch and ONNX Runtime run (auto: CUDA when present)"
+        default="auto", description="where torch and ONNX Runtime run (auto: CUDA when present)"
     )
     compute_threads: int = Field(
-        0,
+        default=0,
         ge=0,
         description="intra-op threads of one inference (torch, ONNX Runtime); 0: library default",
     )
-    batch_size: int = Field(16, ge=1, description="network inputs (clips) per forward call")
+    batch_size: int = Field(default=16, ge=1, description="network inputs (clips) per forward call")
     max_clips: int = Field(
-        0,
+        default=0,
         ge=0,
         description="cap on clips per video; 0 uses the bundle's evaluation cap "
         "(a different cap makes answers differ from training.run's evaluation)",
     )
     warmup: bool = Field(
-        True, description="run one dummy inference per model before /readyz is 200"
+        default=True, description="run one dummy inference per model before /readyz is 200"
     )
     load_in_background: bool = Field(
-        True, description="load models after the server starts listening (/readyz 503 meanwhile)"
+        default=True,
+        description="load models after the server starts listening (/readyz 503 meanwhile)",
     )
 
     # --- limits per request
     max_upload_bytes: int = Field(
-        100_000_000, gt=0, description="largest uploaded file (413 above)"
+        default=100_000_000, gt=0, description="largest uploaded file (413 above)"
     )
-    max_duration_s: float = Field(300.0, gt=0, description="longest video in seconds (413 above)")
-    max_frames: int = Field(9000, gt=0, description="most frames in a video (413 above)")
+    max_duration_s: float = Field(
+        default=300.0, gt=0, description="longest video in seconds (413 above)"
+    )
+    max_frames: int = Field(default=9000, gt=0, description="most frames in a video (413 above)")
     max_pixels: int = Field(
-        3840 * 2160, gt=0, description="largest source frame as width*height (413 above)"
+        default=3840 * 2160, gt=0, description="largest source frame as width*height (413 above)"
     )
-    max_enrol_videos: int = Field(16, ge=1, description="most example videos in one enrolment")
+    max_enrol_videos: int = Field(
+        default=16, ge=1, description="most example videos in one enrolment"
+    )
     request_timeout_s: float = Field(
-        120.0, gt=0, description="upload + decode + inference budget of one request (503 after)"
+        default=120.0,
+        gt=0,
+        description="upload + decode + inference budget of one request (503 after)",
     )
 
     # --- load
     queue_size: int = Field(
-        8,
+        default=8,
         ge=1,
         description="requests admitted at once (uploading, waiting, decoding or "
         "inferring); one more gets 503 with Retry-After",
     )
-    inference_workers: int = Field(1, ge=1, description="inferences run at the same time")
-    decode_workers: int = Field(2, ge=1, description="videos decoded at the same time")
-    decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg threads per decode")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After header value on 503")
+    inference_workers: int = Field(default=1, ge=1, description="inferences run at the same time")
+    decode_workers: int = Field(default=2, ge=1, description="videos decoded at the same time")
+    decode_threads: int = Field(default=2, ge=1, le=16, description="FFmpeg threads per decode")
+    retry_after_s: int = Field(default=2, ge=1, description="Retry-After header value on 503")
     upload_dir: Path | None = Field(
-        None, description="where uploads are spooled (default: system temp)"
+        default=None, description="where uploads are spooled (default: system temp)"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level"
+    )

@@ -1,11 +1,8 @@
 """Streaming multipart uploads to temp files, with the byte cap enforced while reading.
 
-FastAPI's ``UploadFile`` parameters read the whole body before the route runs; this parser
-reads the request stream chunk by chunk, writes file parts straight to named temp files and
-stops at the first byte over the cap (413), so an oversized upload is refused without being
-taken in full. Every temp file belongs to the returned :class:`Form` (or is removed before
-an error propagates); :meth:`Form.cleanup` removes them, and routes call it in ``finally``.
-The declared content type of a part is ignored: the decoder probes the bytes themselves.
+Unlike FastAPI's ``UploadFile``, which takes the whole body first, :func:`read_form` stops at
+the first byte over the cap (413). Every temp file belongs to the returned :class:`Form`
+(or is removed before an error propagates); routes remove them with :meth:`Form.cleanup`.
 """
 
 from __future__ import annotations
@@ -14,12 +11,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ApiError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = ["UPLOAD_PREFIX", "Form", "UploadedFile", "multipart_body", "read_form"]
 
@@ -86,11 +86,11 @@ class _Parser:
         self._headers: dict[bytes, bytes] = {}
         self._name = ""
         self._file: UploadedFile | None = None
-        self._fh = None
+        self._fh: IO[bytes] | None = None
         self._text: bytearray | None = None
         self.error: ApiError | None = None
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field_cb,
@@ -175,7 +175,7 @@ class _Parser:
                 )
 
     def _part_end(self) -> None:
-        self._close_file()
+        self.close_file()
         if self._text is not None and self.error is None:
             try:
                 self.form.fields[self._name] = self._text.decode("utf-8")
@@ -187,7 +187,7 @@ class _Parser:
                 )
         self._text = None
 
-    def _close_file(self) -> None:
+    def close_file(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -263,7 +263,7 @@ async def read_form(
         except ValueError as err:  # python-multipart's MultipartParseError and friends
             raise ApiError(422, "invalid_parameters", f"malformed multipart body: {err}") from None
         finally:
-            parser_state._close_file()
+            parser_state.close_file()
     except BaseException:
         form.cleanup()
         raise
