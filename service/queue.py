@@ -1,14 +1,9 @@
-"""The bounded work queue: admission, decode slots and inference slots.
+"""The bounded work queue: admission tickets, a job pool, decode slots and inference threads.
 
-A request reserves a :class:`Ticket` before its upload is read; at most ``capacity`` tickets
-exist at once and one more is refused (503 with Retry-After), so load never piles up without
-bound. The request's job (decode, then inference) runs on a thread pool of ``capacity``
-threads, off the event loop; the threads wait for one of ``decode_slots`` decode slots and
-one of ``infer_slots`` inference threads, so concurrent requests never oversubscribe the
-cores. Inference runs on those few dedicated threads rather than on the job threads: the
-runtimes keep per-thread scratch memory, which would otherwise grow with every job thread.
-A ticket is returned when its job finishes (or never starts), not when the request gives up,
-so a timed-out request still counts against capacity until its thread is free.
+At most ``capacity`` requests hold a :class:`Ticket` at once; a job runs on the pool, holding
+one of ``decode_slots`` while it decodes and running inference on one of ``infer_slots``
+dedicated threads. A ticket is returned when its job finishes (or never starts), not when the
+request gives up (see ``docs/service.md``, "How a request flows, and why").
 """
 
 from __future__ import annotations
@@ -18,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from enum import Enum
 from typing import Any, TypeVar
 
 __all__ = ["QueueFull", "Ticket", "WorkQueue"]
@@ -30,25 +26,19 @@ class QueueFull(Exception):
 
 
 class Ticket:
-    """One admitted request; released exactly once."""
+    """A handle on one admitted request; its state is kept by the queue that issued it."""
 
     def __init__(self, queue: WorkQueue) -> None:
         self._queue = queue
-        self._released = False
-        self._owned_by_job = False
-        self._lock = threading.Lock()
 
     def release(self) -> None:
-        """Give the ticket back unless a submitted job owns it (the job gives it back)."""
-        if not self._owned_by_job:
-            self._release()
+        """Give the ticket back, unless a submitted job holds it (see :meth:`WorkQueue.release`)."""
+        self._queue.release(self)
 
-    def _release(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        self._queue._returned()
+
+class _Holder(Enum):
+    REQUEST = "request"
+    JOB = "job"
 
 
 class WorkQueue:
@@ -68,12 +58,14 @@ class WorkQueue:
         self._decode = threading.BoundedSemaphore(decode_slots)
         self._infer = ThreadPoolExecutor(max_workers=infer_slots, thread_name_prefix="actrec-infer")
         self._lock = threading.Lock()
-        self._taken = 0
+        # Tickets out now, and who holds each; a returned ticket is no longer here.
+        self._tickets: dict[Ticket, _Holder] = {}
 
     @property
     def depth(self) -> int:
         """Tickets taken now (requests uploading, waiting, decoding or inferring)."""
-        return self._taken
+        with self._lock:
+            return len(self._tickets)
 
     def reserve(self) -> Ticket:
         """Admit one request.
@@ -82,27 +74,44 @@ class WorkQueue:
             QueueFull: ``capacity`` tickets are already taken.
         """
         with self._lock:
-            if self._taken >= self.capacity:
-                raise QueueFull(f"{self._taken} requests in progress, the limit is {self.capacity}")
-            self._taken += 1
-        return Ticket(self)
+            taken = len(self._tickets)
+            if taken >= self.capacity:
+                raise QueueFull(f"{taken} requests in progress, the limit is {self.capacity}")
+            ticket = Ticket(self)
+            self._tickets[ticket] = _Holder.REQUEST
+        return ticket
 
-    def _returned(self) -> None:
+    def release(self, ticket: Ticket) -> None:
+        """The request is done with ``ticket``: return it, unless a submitted job holds it.
+
+        A job's ticket comes back when the job finishes; releasing twice is harmless.
+        """
         with self._lock:
-            self._taken -= 1
+            if self._tickets.get(ticket) is _Holder.REQUEST:
+                del self._tickets[ticket]
+
+    def _job_done(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._tickets.pop(ticket, None)
 
     def submit(self, ticket: Ticket, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(*args)`` on the pool; ``ticket`` is returned when it finishes or is cancelled.
 
         Must be called from the event loop; the returned future belongs to it.
+
+        Raises:
+            ValueError: ``ticket`` is not held by a request (returned, or already submitted).
         """
-        ticket._owned_by_job = True
+        with self._lock:
+            if self._tickets.get(ticket) is not _Holder.REQUEST:
+                raise ValueError("the ticket is not held by a request")
+            self._tickets[ticket] = _Holder.JOB
         try:
             future: Future[T] = self._executor.submit(fn, *args)
         except BaseException:
-            ticket._release()
+            self._job_done(ticket)
             raise
-        future.add_done_callback(lambda _: ticket._release())
+        future.add_done_callback(lambda _: self._job_done(ticket))
         return asyncio.wrap_future(future)
 
     @contextmanager
