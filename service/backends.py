@@ -1,14 +1,8 @@
 """Network backends: PyTorch, ONNX Runtime and TensorRT behind one ``forward`` contract.
 
 A backend is only the network call of :mod:`models.pipeline`: a float32 CPU tensor
-``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out (clip logits, step
-logits or embeddings). Decode, sampling, normalisation and aggregation stay shared, so every
-backend gives the answer ``training.evaluate`` gives, up to the backend's numerics.
-
-Choice per bundle (:func:`choose_backend`): with ``auto``, a TensorRT plan built for this GPU,
-else the bundle's ``model.onnx`` under ONNX Runtime, else PyTorch. A backend named explicitly
-(settings ``backend`` / ``model_backends``) that the bundle or machine cannot offer is an
-error, never a silent fallback.
+``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out. :func:`choose_backend`
+picks one per bundle (see ``docs/service.md``, "Backends").
 """
 
 from __future__ import annotations
@@ -23,11 +17,12 @@ import torch
 from torch import Tensor
 
 from models.bundle import ONNX_FILE, Bundle, plan_name
-from service.errors import ApiError
+from service.domain import ServiceError
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "InputTooLarge",
     "Offer",
     "choose_backend",
     "load_backend",
@@ -38,8 +33,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ServiceError, RuntimeError):
     """The requested backend cannot run this bundle on this machine."""
+
+    code = "backend_unavailable"
+
+
+class InputTooLarge(ServiceError):
+    """The input is past what the loaded engine takes (a TensorRT optimisation profile)."""
+
+    code = "video_too_large"
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def _tensorrt_backend(bundle: Bundle) -> Backend:
         except ValueError as err:
             # The engine's optimisation profile bounds the input (e.g. full_video's frame
             # count): a video past it is too large for this engine, not a server fault.
-            raise ApiError(413, "video_too_large", str(err)) from None
+            raise InputTooLarge(str(err)) from None
 
     return Backend("tensorrt", forward, engine.describe())
 

@@ -1,8 +1,9 @@
-"""Every error the service answers is JSON ``{"error": {"code", "message"}}`` (DESIGN.md).
+"""Every error the service answers, as JSON ``{"error": {"code", "message"}}``.
 
-:class:`ApiError` is raised by routes and helpers; the handlers here turn it, video decode
-errors (:class:`video.errors.VideoError` carries its own status and code), FastAPI's
-validation errors and Starlette's HTTP errors into that one shape.
+Domain errors (:class:`service.domain.ServiceError`) get their HTTP status from
+:data:`DOMAIN_STATUS`, the one table of them; :class:`ApiError` is the web layer's own
+(bad form, overload, timeout). Video decode errors, FastAPI's validation errors and
+Starlette's HTTP errors are answered in the same shape.
 """
 
 from __future__ import annotations
@@ -15,9 +16,31 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.backends import BackendUnavailable, InputTooLarge
+from service.domain import ServiceError
+from service.store import EmptyRepository, LastClass, NoRepository, UnknownClass, UnknownModel
 from video.errors import VideoError
 
-__all__ = ["ERROR_RESPONSES", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
+__all__ = [
+    "DOMAIN_STATUS",
+    "ERROR_RESPONSES",
+    "ApiError",
+    "ErrorBody",
+    "error_response",
+    "install_error_handlers",
+    "status_of",
+]
+
+# The HTTP status of each domain error; the code is the error's own (``ServiceError.code``).
+DOMAIN_STATUS: dict[type[ServiceError], int] = {
+    UnknownModel: 404,
+    UnknownClass: 404,
+    NoRepository: 404,
+    LastClass: 409,
+    EmptyRepository: 409,
+    InputTooLarge: 413,
+    BackendUnavailable: 503,
+}
 
 # Codes for Starlette's own errors (wrong path, wrong method...).
 _STATUS_CODES = {
@@ -50,6 +73,14 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def status_of(err: ServiceError) -> int:
+    """The HTTP status of a domain error (500 for one missing from :data:`DOMAIN_STATUS`)."""
+    for cls in type(err).__mro__:
+        if cls in DOMAIN_STATUS:
+            return DOMAIN_STATUS[cls]
+    return 500
 
 
 class _ErrorDetail(BaseModel):
@@ -88,6 +119,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
         return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _domain_error(_: Request, err: ServiceError) -> JSONResponse:
+        return error_response(status_of(err), err.code, err.message)
 
     @app.exception_handler(VideoError)
     async def _video_error(_: Request, err: VideoError) -> JSONResponse:

@@ -1,14 +1,8 @@
 """The served models: bundles loaded from the store, their backends, and MS3D class enrolment.
 
-Recognition is exactly :func:`models.pipeline.predict_frames` with the bundle's stored
-:attr:`~models.bundle.Bundle.spec` and, for ms3d, the repository's centres and gamma
-(paper 002_313c25135d55eaeb, Section III.D: nearest centre, ``unknown`` beyond gamma), i.e.
-what ``training.evaluate.evaluate_videos`` computes for the same bundle.
-
-Enrolment (paper 002, Eq. 6: a class centre is the mean of its videos' walk embeddings) edits a
-copy of the repository under the model's lock, writes it atomically into the bundle, records
-its new checksum in the manifest, then swaps the copy in: a recognition running meanwhile
-judges against either the old or the new repository, never a half-edited one.
+A recognition is :func:`models.pipeline.predict_frames` with the bundle's stored spec (and, for
+ms3d, the repository's centres and gamma), as in ``training.evaluate``. Enrolment edits a copy
+of the repository and swaps it in (see ``docs/service.md``, "MS3D class enrolment").
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +30,55 @@ from models.pipeline import Prediction, embed_video, predict_frames
 from models.repository import Repository, RepositoryError
 from models.spec import VariantSpec
 from service.backends import Backend, BackendUnavailable, load_backend
-from service.errors import ApiError
+from service.domain import ServiceError
+from service.schemas import Detail, Distance, ModelInfo
 from service.settings import Settings
 
-__all__ = ["LoadedModel", "ModelStore", "Outcome", "detail_of"]
+__all__ = [
+    "EmptyRepository",
+    "LastClass",
+    "LoadedModel",
+    "ModelStore",
+    "NoRepository",
+    "Outcome",
+    "UnknownClass",
+    "UnknownModel",
+    "detail_of",
+]
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+
+
+class UnknownModel(ServiceError):
+    """No loaded model has the requested name."""
+
+    code = "unknown_model"
+
+
+class UnknownClass(ServiceError):
+    """The model's repository has no class of that label."""
+
+    code = "unknown_class"
+
+
+class NoRepository(ServiceError):
+    """The model has no class repository (only ms3d models enrol classes)."""
+
+    code = "no_repository"
+
+
+class LastClass(ServiceError):
+    """The class is the repository's last one, which cannot be removed."""
+
+    code = "last_class"
+
+
+class EmptyRepository(ServiceError):
+    """The repository holds no class to judge a video against."""
+
+    code = "empty_repository"
 
 
 @dataclass(frozen=True)
@@ -105,11 +139,7 @@ class LoadedModel:
         labels = self.bundle.labels
         if repo is not None:
             if not len(repo):
-                raise ApiError(
-                    409,
-                    "empty_repository",
-                    f"model {self.name!r} has no enrolled class to judge against",
-                )
+                raise EmptyRepository(f"model {self.name!r} has no enrolled class to judge against")
             centres, gamma, labels = repo.centres_tensor(), repo.gamma, repo.names
         pred = predict_frames(
             self.backend.forward,
@@ -149,24 +179,25 @@ class LoadedModel:
         with self._enrol_lock:
             repo = self.require_repository()
             if label not in repo:
-                raise ApiError(404, "unknown_class", f"model {self.name!r} has no class {label!r}")
+                raise UnknownClass(f"model {self.name!r} has no class {label!r}")
             if len(repo) == 1:
-                raise ApiError(
-                    409,
-                    "last_class",
-                    f"{label!r} is the last class of {self.name!r}; it cannot be removed",
+                raise LastClass(
+                    f"{label!r} is the last class of {self.name!r}; it cannot be removed"
                 )
             edited = copy.deepcopy(repo)
             edited.remove_class(label)
             self._persist(edited)
 
     def require_repository(self) -> Repository:
+        """The model's repository.
+
+        Raises:
+            NoRepository: The model has none (not an ms3d model).
+        """
         if self.repository is None:
-            raise ApiError(
-                404,
-                "no_repository",
+            raise NoRepository(
                 f"model {self.name!r} ({self.family}) has no class repository; "
-                "only ms3d models enrol classes",
+                "only ms3d models enrol classes"
             )
         return self.repository
 
@@ -177,48 +208,58 @@ class LoadedModel:
         self.bundle = add_bundle_file(self.bundle, REPOSITORY_FILE)
         self.repository = edited
 
-    def describe(self, default: bool) -> dict[str, Any]:
+    @property
+    def gamma(self) -> float | None:
+        """The repository's unknown threshold; ``None`` without one or when infinite."""
+        repo = self.repository
+        return None if repo is None else _finite_or_none(repo.gamma)
+
+    def describe(self, default: bool) -> ModelInfo:
+        """The model as ``GET /models`` lists it."""
         d = self.spec
-        info: dict[str, Any] = {
-            "name": self.name,
-            "family": self.family,
-            "architecture": self.bundle.model_name,
-            "backend": self.backend.name,
-            "backend_info": self.backend.info,
-            "default": default,
-            "labels": self.labels,
-            "sampler": {"name": d.sampler, **d.sampler_args()},
-            "aggregator": {"name": d.aggregator, **dict(d.aggregator_kwargs)},
-            "input_size": list(d.input_size),
-            "decode_size": list(d.decode_hw()),
-            "clip_len": d.input_frames,
-            "enrollable": self.enrollable,
-        }
-        if self.repository is not None:
-            info["gamma"] = _finite_or_none(self.repository.gamma)
-        return info
+        return ModelInfo(
+            name=self.name,
+            family=self.family,
+            architecture=self.bundle.model_name,
+            backend=self.backend.name,
+            backend_info=self.backend.info,
+            default=default,
+            labels=self.labels,
+            sampler={"name": d.sampler, **d.sampler_args()},
+            aggregator={"name": d.aggregator, **dict(d.aggregator_kwargs)},
+            input_size=list(d.input_size),
+            decode_size=list(d.decode_hw()),
+            clip_len=d.input_frames,
+            enrollable=self.enrollable,
+            gamma=self.gamma,
+        )
 
 
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def detail_of(outcome: Outcome, spec: VariantSpec) -> dict[str, Any]:
-    """The family detail of a recognition answer (votes per clip, or distances)."""
+def detail_of(outcome: Outcome, spec: VariantSpec) -> Detail:
+    """The family detail of a recognition answer (votes per clip, or distances).
+
+    Only the fields the aggregator produced are set; the others stay unset, so an answer
+    serialised with ``exclude_unset`` leaves them out.
+    """
     s: VideoScores = outcome.prediction.scores
     labels = outcome.labels
-    detail: dict[str, Any] = {"aggregator": spec.aggregator}
+    detail = Detail(aggregator=spec.aggregator)
+    # Assigning a field marks it set (pydantic's ``model_fields_set``).
     if s.input_pred is not None:
-        detail["clip_predictions"] = [labels[i] for i in s.input_pred.tolist()]
+        detail.clip_predictions = [labels[i] for i in s.input_pred.tolist()]
     if s.votes is not None:
         votes = s.votes.tolist()
-        detail["votes"] = {labels[i]: int(votes[i]) for i in s.order.tolist() if votes[i] > 0}
+        detail.votes = {labels[i]: int(votes[i]) for i in s.order.tolist() if votes[i] > 0}
     if s.distances is not None:
         dist = s.distances.tolist()
-        detail["distances"] = [
-            {"label": labels[i], "distance": float(dist[i])} for i in s.order.tolist()
+        detail.distances = [
+            Distance(label=labels[i], distance=float(dist[i])) for i in s.order.tolist()
         ]
-        detail["gamma"] = _finite_or_none(outcome.gamma)
+        detail.gamma = _finite_or_none(outcome.gamma)
     return detail
 
 
@@ -270,13 +311,13 @@ class ModelStore:
         """The model ``name`` (the default when ``None`` or empty).
 
         Raises:
-            ApiError: 404 for a name that is not loaded.
+            UnknownModel: No model of that name is loaded.
         """
         key = name or self.default_name
         model = self.models.get(key or "")
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ApiError(404, "unknown_model", f"no model named {key!r} (loaded: {known})")
+            raise UnknownModel(f"no model named {key!r} (loaded: {known})")
         return model
 
     def bundle_dirs(self) -> list[Path]:

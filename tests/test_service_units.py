@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any, cast
 
 import pytest
 import torch
 from pydantic import ValidationError
 
 from models.aggregators import majority_vote, nearest_centre
+from models.bundle import Bundle
 from models.pipeline import Prediction
 from models.spec import VariantSpec
 from service.__main__ import build_parser
@@ -72,12 +74,13 @@ def test_tensorrt_request_without_tensorrt_fails_at_load(tmp_path) -> None:
         def has(self, name: str) -> bool:
             return name == "model.onnx"
 
-    offer = machine_offer(_FakeBundle())
+    bundle = cast(Bundle, _FakeBundle())
+    offer = machine_offer(bundle)
     assert offer.onnx and offer.onnxruntime
     if offer.tensorrt:
         pytest.skip("TensorRT is present here; the refusal path needs a machine without it")
     with pytest.raises(BackendUnavailable):
-        load_backend(_FakeBundle(), "tensorrt")
+        load_backend(bundle, "tensorrt")
 
 
 class _FakeEngine:
@@ -98,7 +101,8 @@ class _FakeEngine:
 def test_auto_loads_the_tensorrt_engine_when_offered(monkeypatch: pytest.MonkeyPatch) -> None:
     import export.trt_runtime
     from service import backends
-    from service.errors import ApiError
+    from service.backends import InputTooLarge
+    from service.errors import status_of
 
     monkeypatch.setattr(backends, "_tensorrt_available", lambda: True)
     monkeypatch.setattr(backends, "_plan_for_this_gpu", lambda bundle: True)
@@ -108,14 +112,14 @@ def test_auto_loads_the_tensorrt_engine_when_offered(monkeypatch: pytest.MonkeyP
         def has(self, name: str) -> bool:
             return name == "model.onnx"
 
-    backend = load_backend(_Bundle(), "auto", device="cpu")
+    backend = load_backend(cast(Bundle, _Bundle()), "auto", device="cpu")
     assert backend.name == "tensorrt" and backend.info == {"gpu": "fake", "plan": "model.fake.plan"}
     out = backend.forward(torch.ones(2, 3))
     assert out.dtype == torch.float32 and torch.equal(out, torch.full((2, 3), 2.0))
     # past the engine's profile: 413, not a server error
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InputTooLarge) as err:
         backend.forward(torch.ones(5, 3))
-    assert (err.value.status, err.value.code) == (413, "video_too_large")
+    assert (status_of(err.value), err.value.code) == (413, "video_too_large")
 
 
 def _tensorrt_ready() -> bool:
@@ -138,9 +142,32 @@ def test_tensorrt_is_chosen_when_the_bundle_has_a_plan_for_this_gpu(tmp_path) ->
         def has(self, name: str) -> bool:
             return name in {"model.onnx", plan_name(gpu)}
 
-    offer = machine_offer(_FakeBundle())
+    offer = machine_offer(cast(Bundle, _FakeBundle()))
     assert offer.tensorrt and offer.plan
     assert choose_backend("auto", offer) == "tensorrt"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_every_domain_error_has_one_status_and_code() -> None:
+    from service.domain import ServiceError
+    from service.errors import DOMAIN_STATUS, status_of
+
+    def _subclasses(cls: type[ServiceError]) -> set[type[ServiceError]]:
+        return {s for d in cls.__subclasses__() for s in {d, *_subclasses(d)}}
+
+    answered = {cls.code: status_of(cls("x")) for cls in _subclasses(ServiceError)}
+    assert set(DOMAIN_STATUS) == _subclasses(ServiceError)
+    assert answered == {
+        "unknown_model": 404,
+        "unknown_class": 404,
+        "no_repository": 404,
+        "last_class": 409,
+        "empty_repository": 409,
+        "video_too_large": 413,
+        "backend_unavailable": 503,
+    }
 
 
 # ----------------------------------------------------------------------------- queue
@@ -180,6 +207,25 @@ def test_a_submitted_job_owns_its_ticket_until_it_finishes() -> None:
     deadline = time.monotonic() + 5
     while q.depth and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert q.depth == 0
+    q.shutdown()
+
+
+def test_a_ticket_is_submitted_at_most_once_and_only_while_held() -> None:
+    q = WorkQueue(capacity=1, decode_slots=1, infer_slots=1)
+
+    async def scenario() -> None:
+        ticket = q.reserve()
+        await q.submit(ticket, lambda: None)
+        with pytest.raises(ValueError):
+            q.submit(ticket, lambda: None)  # the job has returned it already
+        assert q.depth == 0
+
+    asyncio.run(scenario())
+    returned = q.reserve()
+    returned.release()
+    with pytest.raises(ValueError):
+        q.submit(returned, lambda: None)
     assert q.depth == 0
     q.shutdown()
 
@@ -251,8 +297,9 @@ def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, var: str, val
 
 
 def test_unknown_setting_is_refused() -> None:
+    misspelt: dict[str, Any] = {"queue_sise": 3}
     with pytest.raises(ValidationError):
-        Settings(queue_sise=3)
+        Settings(**misspelt)
 
 
 # ----------------------------------------------------------------------------- detail
@@ -265,7 +312,7 @@ def test_vote_detail_names_each_clip_and_counts_votes() -> None:
         family="c3d_vll", input_size=(8, 8), clip_len=4, aggregator="majority_vote"
     )
     outcome = Outcome(Prediction(majority_vote(logits), 3, logits), ["a", "b", "c"], None)
-    assert detail_of(outcome, defaults) == {
+    assert detail_of(outcome, defaults).model_dump(exclude_unset=True) == {
         "aggregator": "majority_vote",
         "clip_predictions": ["b", "b", "a"],
         "votes": {"b": 2, "a": 1},
@@ -287,7 +334,7 @@ def test_distance_detail_is_sorted_and_gamma_inf_is_null() -> None:
     )
     scores = nearest_centre(emb, centres, gamma=float("inf"))
     detail = detail_of(Outcome(Prediction(scores, 1, emb), ["x", "y", "z"], float("inf")), defaults)
-    assert detail == {
+    assert detail.model_dump(exclude_unset=True) == {
         "aggregator": "nearest_centre",
         "distances": [
             {"label": "y", "distance": 0.0},

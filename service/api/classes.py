@@ -1,10 +1,6 @@
-"""MS3D class enrolment over HTTP (paper 002_313c25135d55eaeb, Sections III.C-D).
-
-``GET /models/{name}/classes`` lists the repository, ``POST`` embeds one or more example
-videos and adds that class (or folds them into its centre, Eq. 6's running mean), ``DELETE``
-removes a class. Every change is written atomically into the bundle and survives a restart;
-changes are serialised per model, and recognitions see the repository before or after a change,
-never during it (see :mod:`service.store`).
+"""MS3D class enrolment over HTTP: list, add (or refine) and remove the classes of a model's
+repository of class centres (the MS3D paper, see :mod:`models.ms3d`). Each change persists in
+the bundle; see ``docs/service.md``, "MS3D class enrolment".
 """
 
 from __future__ import annotations
@@ -14,13 +10,13 @@ import re
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import ReadyState, admit
-from service.api.recognize import timed_out
+from service.api.admission import admitted
+from service.api.deps import ReadyState
 from service.errors import ERROR_RESPONSES, ApiError
 from service.jobs import embed_job
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse
 from service.store import LoadedModel
-from service.uploads import Form, multipart_body, read_form
+from service.uploads import multipart_body
 
 __all__ = ["router", "valid_label"]
 
@@ -55,10 +51,6 @@ def _classes(model: LoadedModel) -> list[ClassInfo]:
     return [ClassInfo(label=n, count=int(c)) for n, c in zip(repo.names, repo.counts.tolist())]
 
 
-def _gamma(model: LoadedModel) -> float | None:
-    return model.describe(False).get("gamma")
-
-
 @router.get(
     "",
     response_model=ClassesResponse,
@@ -67,7 +59,7 @@ def _gamma(model: LoadedModel) -> float | None:
 )
 async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
-    return ClassesResponse(model=model.name, gamma=_gamma(model), classes=_classes(model))
+    return ClassesResponse(model=model.name, gamma=model.gamma, classes=_classes(model))
 
 
 @router.post(
@@ -84,19 +76,12 @@ async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
 async def enrol(
     name: str, request: Request, response: Response, state: ReadyState
 ) -> EnrolResponse:
-    s = state.settings
     model = state.store.get(name)
     model.require_repository()
-    ticket = admit(state)
-    form: Form | None = None
-    try:
-        async with asyncio.timeout(s.request_timeout_s):
-            form = await read_form(
-                request,
-                file_fields={"file"},
-                max_file_bytes=s.max_upload_bytes,
-                max_files=s.max_enrol_videos,
-                tmp_dir=s.upload_dir,
+    async with admitted(state, request) as work:
+        async with work.deadline():
+            form = await work.read_form(
+                file_fields={"file"}, max_files=state.settings.max_enrol_videos
             )
             label = valid_label(form.fields.get("label", ""))
             files = form.files_of("file")
@@ -106,23 +91,14 @@ async def enrol(
                     "missing_file",
                     "no example video: send one or more as multipart field 'file'",
                 )
-            request.state.model = model.name
-            embeddings = await state.queue.submit(
-                ticket, embed_job, model, [f.path for f in files], s, state.queue, state.metrics
-            )
-        # Outside the timeout: a persisted change is never answered as a failure. File I/O
-        # under a lock, so off the event loop too.
+            embeddings = await work.run(embed_job, model, [f.path for f in files])
+        # Outside the time budget: a persisted change is never answered as a failure. File
+        # I/O under a lock, so off the event loop too.
         created, _ = await asyncio.to_thread(model.enrol, label, embeddings)
-    except TimeoutError:
-        raise timed_out(state) from None
-    finally:
-        ticket.release()
-        if form is not None:
-            form.cleanup()
     response.status_code = 201 if created else 200
     return EnrolResponse(
         model=model.name,
-        gamma=_gamma(model),
+        gamma=model.gamma,
         classes=_classes(model),
         label=label,
         created=created,
@@ -143,4 +119,4 @@ async def enrol(
 async def remove(name: str, label: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
     await asyncio.to_thread(model.remove_class, label)
-    return ClassesResponse(model=model.name, gamma=_gamma(model), classes=_classes(model))
+    return ClassesResponse(model=model.name, gamma=model.gamma, classes=_classes(model))

@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.queue import QueueFull, Ticket, WorkQueue
+from service.queue import WorkQueue
 from service.settings import Settings
 from service.store import ModelStore
 
-__all__ = ["ReadyState", "ServiceState", "State", "admit"]
+__all__ = ["ReadyState", "ServiceState", "State", "not_ready"]
 
 
 @dataclass
@@ -29,6 +29,11 @@ class ServiceState:
         return {"Retry-After": str(self.settings.retry_after_s)}
 
 
+def not_ready(state: ServiceState, why: str) -> ApiError:
+    """The 503 answered while the models are not ready, with Retry-After."""
+    return ApiError(503, "not_ready", why, state.retry_after())
+
+
 def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
@@ -37,20 +42,9 @@ def _ready_state(request: Request) -> ServiceState:
     state = _state(request)
     ready, why = state.store.readiness()
     if not ready:
-        raise ApiError(503, "not_ready", why, state.retry_after())
+        raise not_ready(state, why)
     return state
 
 
 State = Annotated[ServiceState, Depends(_state)]
 ReadyState = Annotated[ServiceState, Depends(_ready_state)]
-
-
-def admit(state: ServiceState) -> Ticket:
-    """Reserve a place in the work queue, or answer 503 with Retry-After."""
-    try:
-        return state.queue.reserve()
-    except QueueFull as err:
-        state.metrics.rejected.labels("queue_full").inc()
-        raise ApiError(
-            503, "overloaded", f"server busy: {err}; retry later", state.retry_after()
-        ) from None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api.deps import State
-from service.errors import ERROR_RESPONSES, ApiError
+from service.api.deps import State, not_ready
+from service.errors import ERROR_RESPONSES
 from service.metrics import CONTENT_TYPE_LATEST
 from service.schemas import Health, Ready
 
@@ -29,7 +29,7 @@ async def healthz() -> Health:
 async def readyz(state: State) -> Ready:
     ready, why = state.store.readiness()
     if not ready:
-        raise ApiError(503, "not_ready", why, state.retry_after())
+        raise not_ready(state, why)
     return Ready(status="ready", models=sorted(state.store.models))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import State
-from service.schemas import ModelInfo, ModelsResponse
+from service.schemas import ModelsResponse
 
 __all__ = ["router"]
 
@@ -22,8 +22,6 @@ async def list_loaded(state: State) -> ModelsResponse:
     default = store.default_name
     return ModelsResponse(
         default=default,
-        models=[
-            ModelInfo(**m.describe(name == default)) for name, m in sorted(store.models.items())
-        ],
+        models=[m.describe(name == default) for name, m in sorted(store.models.items())],
         failed=dict(store.failed),
     )
