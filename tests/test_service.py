@@ -18,6 +18,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -36,8 +37,9 @@ from training.synth import generate
 ROOT = Path(__file__).resolve().parents[1]
 C3D, MS3D = "c3d_vll-m4d", "ms3d-m4d"
 # Small caps so that over-limit inputs stay tiny; every Move4Digits video is well inside them.
+MAX_UPLOAD = 200_000
 LIMITS = {
-    "max_upload_bytes": 200_000,
+    "max_upload_bytes": MAX_UPLOAD,
     "max_duration_s": 4.0,
     "max_pixels": 320 * 240,
     "max_frames": 200,
@@ -90,7 +92,7 @@ def store(master_store: Path, tmp_path: Path) -> Path:
 
 
 def _settings(store: Path, uploads: Path, **overrides) -> Settings:
-    values = dict(
+    values: dict[str, Any] = dict(
         store=store,
         load_in_background=False,
         upload_dir=uploads,
@@ -378,7 +380,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[bytes | None, dict, int, str]]:
         "truncated_mp4": (data[: len(data) // 2], {}, 400, "truncated_video"),
         "png": (_png(), {}, 400, "not_a_video"),
         "audio_only": (audio.read_bytes(), {}, 415, "no_video_stream"),
-        "over_byte_cap": (b"\0" * (LIMITS["max_upload_bytes"] + 1), {}, 413, "upload_too_large"),
+        "over_byte_cap": (b"\0" * (MAX_UPLOAD + 1), {}, 413, "upload_too_large"),
         "over_duration_cap": (long.read_bytes(), {}, 413, "video_too_large"),
         "over_resolution_cap": (large.read_bytes(), {}, 413, "video_too_large"),
         "missing_file_field": (None, {"model": C3D}, 422, "missing_file"),
@@ -493,7 +495,7 @@ def _asgi(
 
 
 def test_byte_cap_stops_reading_the_body(client: TestClient, uploads: Path) -> None:
-    cap = LIMITS["max_upload_bytes"]
+    cap = MAX_UPLOAD
     boundary = "xYzBoundary"
     body = _multipart(boundary, b"\1" * (cap * 10))
     chunk = 16 * 1024
@@ -771,6 +773,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_real_server_over_loopback(store: Path, tmp_path: Path, dataset: Path) -> None:
     port = _free_port()
     uploads = tmp_path / "up"
@@ -834,6 +837,7 @@ def test_real_server_over_loopback(store: Path, tmp_path: Path, dataset: Path) -
 # ----------------------------------------------------------------------------- quick start
 
 
+@pytest.mark.slow
 def test_quickstart_prepares_once_then_only_serves(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
