@@ -1,13 +1,12 @@
-"""Evaluation figures and the LR schedule against hand-computed answers."""
+"""Evaluation figures against hand-computed answers."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pytest
 
-from training.metrics import confusion_matrix, lr_at, per_class_accuracy, summarize, topk_accuracy
+from training.metrics import confusion_matrix, per_class_accuracy, summarize, topk_accuracy
 
 
 def test_topk_by_hand() -> None:
@@ -30,15 +29,3 @@ def test_confusion_and_per_class_by_hand() -> None:
 def test_summarize_counts_clips() -> None:
     out = summarize([[1, 0], [0, 1]], [1, 1], 2, clip_correct=3, clip_total=4)
     assert out["top1"] == 0.5 and out["clip_accuracy"] == 0.75 and out["videos"] == 2
-
-
-def test_lr_schedules_by_hand() -> None:
-    assert lr_at(
-        4999, base_lr=1e-3, total_steps=10, schedule="step", step_size=2000
-    ) == pytest.approx(1e-5)
-    assert lr_at(0, base_lr=1.0, total_steps=10, schedule="cosine") == 1.0
-    assert lr_at(5, base_lr=1.0, total_steps=10, schedule="cosine") == pytest.approx(0.5)
-    assert lr_at(10, base_lr=1.0, total_steps=10, schedule="cosine") == pytest.approx(0.0)
-    assert lr_at(1, base_lr=1.0, total_steps=10, schedule="constant", warmup_steps=4) == 0.5
-    with pytest.raises(ValueError, match="unknown schedule"):
-        lr_at(0, base_lr=1.0, total_steps=1, schedule="wavy")

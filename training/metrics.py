@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["topk_accuracy", "confusion_matrix", "per_class_accuracy", "summarize", "lr_at"]
+__all__ = ["topk_accuracy", "confusion_matrix", "per_class_accuracy", "summarize"]
 
 
 def topk_accuracy(rankings: Sequence[Sequence[int]], labels: Sequence[int], k: int) -> float:
@@ -62,27 +61,3 @@ def summarize(
         "per_class_accuracy": per_class_accuracy(predicted, labels, num_classes),
         "confusion": confusion_matrix(predicted, labels, num_classes).tolist(),
     }
-
-
-def lr_at(
-    step: int,
-    *,
-    base_lr: float,
-    total_steps: int,
-    schedule: str,
-    warmup_steps: int = 0,
-    step_size: int = 2000,
-    gamma: float = 0.1,
-) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): a pure function of the step."""
-    if warmup_steps and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return base_lr
-    if schedule == "step":
-        return base_lr * gamma ** (step // max(1, step_size))
-    if schedule == "cosine":
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {schedule!r}")

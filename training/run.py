@@ -36,7 +36,7 @@ from models.registry import create_model
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
 from training.evaluate import evaluate_videos
-from training.metrics import lr_at
+from training.schedule import lr_at
 from training.tasks import Batch, make_task
 
 __all__ = [
