@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -38,7 +39,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: F401  (registers the families already wired into the package)
 from models import create_model, get_spec, list_models
 from models.pipeline import sample_video
 
@@ -182,6 +182,7 @@ def clustering_share(frames: int, size: int, repeats: int, threads: int) -> dict
         cluster_means,
         hamming_distances,
     )
+    from models.full_video import FullVideoNet
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -191,7 +192,8 @@ def clustering_share(frames: int, size: int, repeats: int, threads: int) -> dict
         baseline = create_model("full_video", num_classes=4, clustering="none").eval()
         result["none"] = {"forward": _timings(lambda: baseline(x), repeats, warmup=2)}
         for mode in CLUSTERING_MODES:
-            model = create_model("full_video", num_classes=4, clustering=mode).eval()
+            model = cast(FullVideoNet, create_model("full_video", num_classes=4, clustering=mode))
+            model.eval()
             g = model.num_clusters
             totals, inside = [], []
             for run in range(repeats + 2):
@@ -314,10 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     share = clustering_share(args.frames, args.size, args.repeats, args.threads)
     print(f"layer1 activations per video: {share['activation_shape']}; times are best / median")
-    rows = []
+    share_rows: list[list[str]] = []
     for mode in ("cumulative", "slope", "uniform"):
         r = share[mode]
-        rows.append(
+        share_rows.append(
             [
                 mode,
                 f"{r['forward'][0]:.3f} / {r['forward'][1]:.3f}",
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     none = share["none"]["forward"]
-    rows.append(["none (TSM all)", f"{none[0]:.3f} / {none[1]:.3f}", "-", "-", "-", "-"])
+    share_rows.append(["none (TSM all)", f"{none[0]:.3f} / {none[1]:.3f}", "-", "-", "-", "-"])
     _print_table(
         [
             "mode",
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "share in forward (median)",
             "share alone (best/best)",
         ],
-        rows,
+        share_rows,
     )
     print("target: share <= 3%")
 

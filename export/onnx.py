@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -144,7 +144,7 @@ def _clustering_of(model: nn.Module) -> tuple[int, str] | None:
     method = getattr(model, "clustering", None)
     if method in (None, "none") or not hasattr(model, "cluster"):
         return None
-    return int(model.num_clusters), str(method)
+    return int(cast(Any, model).num_clusters), str(method)
 
 
 @contextlib.contextmanager
@@ -155,7 +155,8 @@ def _cluster_as_node(model: nn.Module) -> Iterator[None]:
         yield
         return
     g, method = spec
-    model.cluster = types.MethodType(  # type: ignore[method-assign]
+    patched: Any = model  # an nn.Module's attributes are typed as tensors or modules
+    patched.cluster = types.MethodType(
         lambda self, features: _TemporalClusterOp.apply(features, g, method), model
     )
     try:
@@ -267,7 +268,7 @@ def _trace_to_onnx(
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
                 dynamo=False,
                 opset_version=opset,
                 input_names=input_names,
@@ -323,11 +324,12 @@ def export_network(
             dynamic_axes={ONNX_INPUT: input_axes, ONNX_OUTPUT: {0: "clips"}},
             optimize=optimize,
         )
-    spec = _clustering_of(model)
-    if spec is not None:
+    clustering = _clustering_of(model)
+    if clustering is not None:
         if sum(node.op_type == CLUSTER_OP for node in proto.graph.node) != 1:
             raise ExportError(f"expected one {CLUSTER_OP} node in the exported graph")
-        proto.functions.append(temporal_cluster_function(*spec, opset=opset))
+        g, method = clustering
+        proto.functions.append(temporal_cluster_function(g, method, opset=opset))
         if all(entry.domain != CLUSTER_DOMAIN for entry in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(CLUSTER_DOMAIN, 1))
     # Function attributes with defaults (attribute_proto) need IR version 9 (ONNX 1.15).
@@ -519,15 +521,15 @@ def export_onnx(
         "export_s": round(export_s, 2),
         "optimized": optimize,
     }
-    spec = _clustering_of(model)
-    if spec is not None:
+    clustering = _clustering_of(model)
+    if clustering is not None:
         info["custom_ops"] = [
             {
                 "domain": CLUSTER_DOMAIN,
                 "op": CLUSTER_OP,
                 "plugin_namespace": PLUGIN_NAMESPACE,
-                "num_clusters": spec[0],
-                "method": spec[1],
+                "num_clusters": clustering[0],
+                "method": clustering[1],
                 "function": True,
             }
         ]

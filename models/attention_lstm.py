@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -198,7 +198,8 @@ class VGG16Features(nn.Module):
             if isinstance(m, nn.Conv2d):
                 # As torchvision's VGG init: He (fan-out) for a deep ReLU stack from scratch.
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def _out_channels(self, index: int) -> int:
         convs = [m for m in list(self.features)[: index + 1] if isinstance(m, nn.Conv2d)]
@@ -342,7 +343,7 @@ class JointLSTMCell(nn.Module):
             raise ValueError(f"expected {len(self.inputs)} inputs, got {len(xs)}")
         cand = self.cand_h(h)
         gate_i = gate_f = gate_o = torch.zeros_like(h)
-        for x, p in zip(xs, self.inputs):
+        for x, p in zip(xs, cast("Sequence[_SubGates]", self.inputs)):
             i_k, f_k, o_k = torch.tanh(p.sub_x(x) + p.sub_h(h)).chunk(3, dim=-1)
             gate_i = gate_i + p.mix_i(i_k)
             gate_f = gate_f + p.mix_f(f_k)
@@ -581,7 +582,8 @@ class AttentionLSTM(nn.Module):
         for m in self.branches.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
         if vgg_weights is not None:
             self.preconv.load_torchvision_state_dict(load_vgg16_state_dict(vgg_weights))

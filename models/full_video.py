@@ -86,13 +86,13 @@ def temporal_shift(x: Tensor, fold_div: int = 8) -> Tensor:
     )
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(
-            in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False
-        ),
-        nn.BatchNorm2d(out_channels),
-    ]
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel: int, stride: int = 1
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False
+    )
+    return conv, nn.BatchNorm2d(out_channels)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
@@ -161,7 +161,7 @@ class Bottleneck(_ShiftBlock):
 
 @dataclass(frozen=True)
 class _Backbone:
-    block: type[_ShiftBlock]
+    block: type[BasicBlock] | type[Bottleneck]
     layers: tuple[int, int, int, int]
     width: int
 

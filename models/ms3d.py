@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def init_conv3d_eq4(weight: torch.Tensor, generator: torch.Generator | None = No
 
 
 def _bn_relu_conv(in_ch: int, out_ch: int, kernel: tuple[int, int, int]) -> nn.Sequential:
-    padding = tuple(k // 2 for k in kernel)
+    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
     return nn.Sequential(
         nn.BatchNorm3d(in_ch),
         nn.ReLU(inplace=True),
@@ -244,7 +244,7 @@ class MultiPathwayStem(nn.Module):
         # The bank has temporal size 1, so running it once over the concatenated walk equals
         # running it on each pathway's frames.
         maps = self.bank(x)
-        parts = torch.split(maps, self.pathway_sizes, dim=2)
+        parts = torch.split(maps, list(self.pathway_sizes), dim=2)
         out = torch.cat([conv(p) for conv, p in zip(self.pathways, parts)], dim=2)
         return self.pool(out)
 
@@ -297,7 +297,7 @@ class SparseDenseBlock(nn.Module):
     @property
     def connectivity(self) -> list[list[int]]:
         """The feature indices each layer receives."""
-        return [list(layer.inputs) for layer in self.layers]
+        return [list(layer.inputs) for layer in cast("list[_SparseDenseLayer]", self.layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Block input -> concatenation of the input and every layer's output."""
@@ -383,7 +383,7 @@ class MS3D(nn.Module):
             in_chans=in_chans,
         )
         rng = np.random.default_rng(self.connectivity_seed)
-        pool = tuple(int(k) for k in transition_pool)
+        pool = cast("tuple[int, int, int]", tuple(int(k) for k in transition_pool))
         channels = stem_channels
         self.num_stages = len(block_config)
         for i, num_layers in enumerate(block_config):
@@ -420,7 +420,7 @@ class MS3D(nn.Module):
     @property
     def connectivity(self) -> list[list[list[int]]]:
         """Per dense block, per layer, the feature indices the layer receives."""
-        return [stage[0].connectivity for stage in self.stages]
+        return [cast(SparseDenseBlock, stage[0]).connectivity for stage in self.stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, n1 + n2 + n3, H, W)`` walks -> ``(N, num_features, T', H', W')`` maps."""

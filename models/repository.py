@@ -235,6 +235,7 @@ class Repository:
             raise RepositoryError("the repository holds no class to judge against")
         emb = torch.from_numpy(_as_matrix(embeddings, self.dim)).float()
         scores = nearest_centre(emb, self.centres_tensor(), self.gamma if gamma is None else gamma)
+        assert scores.distances is not None  # nearest_centre always reports them
         dist = scores.distances.tolist()
         ranking = [(self._names[i], dist[i]) for i in scores.order.tolist()]
         return Judgement(
@@ -262,7 +263,7 @@ class Repository:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the repository as safetensors, atomically (temp file, fsync, rename)."""
-        tensors = {
+        tensors: dict[str, np.ndarray] = {
             "centres": np.ascontiguousarray(self._centres, dtype=np.float32),
             "counts": np.ascontiguousarray(self._counts, dtype=np.int64),
             "gamma": np.array(self.gamma, dtype=np.float64),
@@ -357,5 +358,7 @@ def in_class_distances(
     out = np.empty(len(videos), dtype=np.float64)
     for i, (video, label) in enumerate(zip(videos, labels)):
         emb = torch.from_numpy(_as_matrix(video, repository.dim)).float()
-        out[i] = float(nearest_centre(emb, centres).distances[repository.index(label)])
+        distances = nearest_centre(emb, centres).distances
+        assert distances is not None  # nearest_centre always reports them
+        out[i] = float(distances[repository.index(label)])
     return out

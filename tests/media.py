@@ -38,6 +38,7 @@ def write_video(
     n, height, width = frames.shape[:3]
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream), codec
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":

@@ -22,6 +22,12 @@ from models.aggregators import (
 )
 
 
+def _tolist(x: torch.Tensor | None) -> list:
+    """An optional field of :class:`VideoScores` as a list (it must be set)."""
+    assert x is not None
+    return x.tolist()
+
+
 def _logits(*probs) -> torch.Tensor:
     return torch.tensor(probs, dtype=torch.float32).log()
 
@@ -31,18 +37,18 @@ def test_majority_vote_counts_and_ranks_votes_before_probability():
     # would rank 2, 1, 0; votes come first, and class 1 (no vote) is last.
     logits = _logits((0.4, 0.35, 0.25), (0.4, 0.35, 0.25), (0.1, 0.3, 0.6))
     out = majority_vote(logits)
-    assert out.votes.tolist() == [2.0, 0.0, 1.0]
+    assert _tolist(out.votes) == [2.0, 0.0, 1.0]
     assert out.order.tolist() == [0, 2, 1]
     assert out.label == 0
     assert out.scores.tolist() == pytest.approx([2 / 3, 0.0, 1 / 3])
-    assert out.mean_prob.tolist() == pytest.approx([0.3, 1.0 / 3, 1.1 / 3])
-    assert out.input_pred.tolist() == [0, 0, 2]
+    assert _tolist(out.mean_prob) == pytest.approx([0.3, 1.0 / 3, 1.1 / 3])
+    assert _tolist(out.input_pred) == [0, 0, 2]
 
 
 def test_majority_vote_tie_broken_by_mean_probability():
     # One vote each for 0 and 1; mean probability (.3, .45, .25) -> 1 wins.
     out = majority_vote(_logits((0.5, 0.3, 0.2), (0.1, 0.6, 0.3)))
-    assert out.votes.tolist() == [1.0, 1.0, 0.0]
+    assert _tolist(out.votes) == [1.0, 1.0, 0.0]
     assert out.order.tolist() == [1, 0, 2]
     assert out.scores.tolist() == pytest.approx([0.5, 0.5, 0.0])
 
@@ -53,13 +59,13 @@ def test_majority_vote_full_tie_goes_to_lower_index():
     assert out.order.tolist() == [0, 1]
     # Within a clip an exact argmax tie also votes for the first class.
     tied = majority_vote(torch.tensor([[1.0, 1.0, 0.0]]))
-    assert tied.input_pred.tolist() == [0]
-    assert tied.votes.tolist() == [1.0, 0.0, 0.0]
+    assert _tolist(tied.input_pred) == [0]
+    assert _tolist(tied.votes) == [1.0, 0.0, 0.0]
 
 
 def test_majority_vote_accepts_one_clip_vector():
     out = majority_vote(_logits(0.2, 0.7, 0.1))
-    assert out.votes.tolist() == [0.0, 1.0, 0.0]
+    assert _tolist(out.votes) == [0.0, 1.0, 0.0]
     assert out.order.tolist() == [1, 0, 2]
 
 
@@ -77,10 +83,10 @@ def test_last_steps_vote_two_levels():
     # Clip 1: last two steps both class 0, mean (.65, .25, .1) -> the clip says 0.
     clip1 = [(0.1, 0.1, 0.8), (0.8, 0.1, 0.1), (0.6, 0.3, 0.1), (0.7, 0.2, 0.1)]
     out = last_steps_vote(_logits(clip0, clip1), last=2)
-    assert out.input_pred.tolist() == [1, 0]
+    assert _tolist(out.input_pred) == [1, 0]
     # Video: one clip vote each for 0 and 1; clip-mean probability (.5, .35, .15) -> 0.
-    assert out.votes.tolist() == [1.0, 1.0, 0.0]
-    assert out.mean_prob.tolist() == pytest.approx([0.5, 0.35, 0.15])
+    assert _tolist(out.votes) == [1.0, 1.0, 0.0]
+    assert _tolist(out.mean_prob) == pytest.approx([0.5, 0.35, 0.15])
     assert out.order.tolist() == [0, 1, 2]
     assert out.scores.tolist() == pytest.approx([0.5, 0.5, 0.0])
 
@@ -89,7 +95,7 @@ def test_last_steps_vote_uses_all_steps_when_fewer_than_last():
     # All four steps of clip0 vote: class 2 has two votes and wins.
     clip0 = [(0.1, 0.1, 0.8), (0.1, 0.1, 0.8), (0.5, 0.3, 0.2), (0.2, 0.6, 0.2)]
     out = last_steps_vote(_logits(clip0), last=16)
-    assert out.input_pred.tolist() == [2]
+    assert _tolist(out.input_pred) == [2]
     assert out.label == 2
 
 
@@ -97,7 +103,7 @@ def test_nearest_centre_distances_ranking_and_unknown():
     # The unit embedding (0, 1) lies .5 from (0, .5), .75 from (.75, 1), 2 from (0, -1).
     centres = torch.tensor([[0.0, 0.5], [0.0, -1.0], [0.75, 1.0]])
     out = nearest_centre(torch.tensor([0.0, 3.0]), centres, gamma=0.6)
-    assert out.distances.tolist() == pytest.approx([0.5, 2.0, 0.75])
+    assert _tolist(out.distances) == pytest.approx([0.5, 2.0, 0.75])
     assert out.order.tolist() == [0, 2, 1]
     assert out.scores.tolist() == pytest.approx([math.exp(-0.5), math.exp(-2.0), math.exp(-0.75)])
     assert out.unknown is False
@@ -112,7 +118,7 @@ def test_nearest_centre_averages_and_normalises_walks():
     centres = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     out = nearest_centre(torch.tensor([[0.6, 0.8], [0.8, 0.6]]), centres, gamma=1.0)
     near, far = math.sqrt(2 - math.sqrt(2)), math.sqrt(2 + math.sqrt(2))
-    assert out.distances.tolist() == pytest.approx([near, near, far])
+    assert _tolist(out.distances) == pytest.approx([near, near, far])
     assert out.order.tolist() == [0, 1, 2]
     assert out.unknown is False
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from models import get_spec
 from models.attention_lstm import (
     AttentionLSTM,
     AttentionLSTMOutput,
+    Fusion,
     JointLSTMCell,
     VGG16Features,
     attention_lstm,
@@ -112,8 +115,10 @@ def test_backward_through_forward_train_and_loss() -> None:
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
     # The deep-supervision heads and the attention projections actually receive signal.
-    assert model.ds_heads[0].fc2.weight.grad.abs().sum() > 0
-    assert model.lstm.attention[1].weight.grad.abs().sum() > 0
+    ds_head: Any = model.ds_heads[0]
+    attention: Any = model.lstm.attention[1]
+    assert ds_head.fc2.weight.grad.abs().sum() > 0
+    assert attention.weight.grad.abs().sum() > 0
 
 
 def test_same_seed_same_output() -> None:
@@ -144,10 +149,13 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
-def test_joint_cell_matches_the_paper_equations(fusion: str) -> None:
+def test_joint_cell_matches_the_paper_equations(fusion: Fusion) -> None:
     dims, hidden, batch = (2, 4), 3, 2
     rng = np.random.default_rng(7)
-    mat = lambda *s: rng.normal(scale=0.7, size=s)  # noqa: E731
+
+    def mat(*s: int) -> np.ndarray:
+        return rng.normal(scale=0.7, size=s)
+
     # The paper's named parameters, per input k.
     P = [
         {
@@ -164,7 +172,7 @@ def test_joint_cell_matches_the_paper_equations(fusion: str) -> None:
     h0, c0 = mat(batch, hidden), mat(batch, hidden)
 
     # Reference: Section 3.3 written out (f and o mix their own sub-gates f_k, o_k).
-    gi = gf = go = 0.0
+    gi = gf = go = np.zeros((batch, hidden))
     cand = h0 @ W_hc.T + b_c
     for x, p in zip(xs, P):
         i_k = np.tanh(x @ p["W_xi"].T + h0 @ p["W_hi"].T + p["b_i"])
@@ -176,9 +184,13 @@ def test_joint_cell_matches_the_paper_equations(fusion: str) -> None:
     h_ref = _sigmoid(go) * np.tanh(c_ref)
 
     cell = JointLSTMCell(dims, hidden, fusion).double()
-    t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a))
+
+    sub_gates: list[Any] = list(cell.inputs)
     with torch.no_grad():
-        for mod, p in zip(cell.inputs, P):
+        for mod, p in zip(sub_gates, P):
             mod.sub_x.weight.copy_(t(np.concatenate([p["W_xi"], p["W_xf"], p["W_xo"]])))
             mod.sub_x.bias.copy_(t(np.concatenate([p["b_i"], p["b_f"], p["b_o"]])))
             mod.sub_h.weight.copy_(t(np.concatenate([p["W_hi"], p["W_hf"], p["W_ho"]])))
@@ -306,8 +318,9 @@ def vgg16_files(
 
 def _assert_loaded(features: VGG16Features, state: dict[str, torch.Tensor]) -> None:
     for idx, _, _ in VGG16_CONVS:
-        assert torch.equal(features.features[idx].weight, state[f"features.{idx}.weight"])
-        assert torch.equal(features.features[idx].bias, state[f"features.{idx}.bias"])
+        conv = cast(nn.Conv2d, features.features[idx])
+        assert torch.equal(conv.weight, state[f"features.{idx}.weight"])
+        assert conv.bias is not None and torch.equal(conv.bias, state[f"features.{idx}.bias"])
 
 
 def test_vgg16_weights_load_through_the_builder(vgg16_files) -> None:
@@ -349,7 +362,8 @@ def test_vgg16_weights_of_a_shallower_model_ignore_deeper_layers(tmp_path: Path)
     )
     assert len(model.preconv.features) == 24  # up to pool4
     for idx, _, _ in VGG16_CONVS[:10]:
-        assert torch.equal(model.preconv.features[idx].weight, state[f"features.{idx}.weight"])
+        conv = cast(nn.Conv2d, model.preconv.features[idx])
+        assert torch.equal(conv.weight, state[f"features.{idx}.weight"])
 
 
 def test_missing_vgg16_file_is_a_clear_error(tmp_path: Path) -> None:

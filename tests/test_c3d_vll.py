@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,8 @@ def test_tiny_forward_backward():
     out.logsumexp(dim=1).mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.layer1[0].weight.grad.abs().sum() > 0
+    conv1: Any = model.layer1[0]
+    assert conv1.weight.grad.abs().sum() > 0
 
 
 def test_tiny_same_seed_same_output():

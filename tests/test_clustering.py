@@ -343,7 +343,7 @@ def test_onnx_export_torchscript(mode: str) -> None:
         torch.onnx.export(
             module,
             (torch.randn(1, 12, 6, 4, 4),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
             dynamo=False,
             opset_version=17,
             input_names=["x"],
@@ -369,5 +369,6 @@ def test_onnx_export_dynamo(tmp_path) -> None:
             verbose=False,
         )
     path = tmp_path / "clustering.onnx"
+    assert program is not None  # the dynamo exporter returns the program
     program.save(str(path))
     _check_onnx(path.read_bytes(), module, [2, 3, 5, 12, 40])

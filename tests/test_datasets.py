@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -302,7 +303,7 @@ def test_training_randomness_is_seeded_per_epoch(m4d: Path):
     spec = _spec(
         "pz", size=(24, 24), decode_size=(32, 32), pathways=(3,), sampler_kwargs={"walks": 1}
     )
-    kw = dict(spec=spec, train=True, seed=5)
+    kw: dict[str, Any] = dict(spec=spec, train=True, seed=5)
     a, b = VideoDataset(entries, **kw), VideoDataset(entries, **kw)
     assert torch.equal(a[0].clips, b[0].clips)
     different = []

@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -106,7 +107,12 @@ def test_decode_returns_written_frames_in_order(clip):
     assert frames.dtype == np.uint8 and frames.shape == (N, H, W, 3)
     assert frames.flags.c_contiguous
     assert meta == VideoMeta(
-        fps=25.0, frame_count=N, duration_s=pytest.approx(N / FPS), width=W, height=H, codec="h264"
+        fps=25.0,
+        frame_count=N,
+        duration_s=cast(float, pytest.approx(N / FPS)),  # approx compares equal to the float
+        width=W,
+        height=H,
+        codec="h264",
     )
     err = np.abs(frames[:, None].astype(np.int16) - written[None].astype(np.int16))
     mae = err.mean(axis=(2, 3, 4))  # mae[i, j]: decoded frame i against written frame j

@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch
 from export._kernels import temporal_cluster_cuda, triton_available
 from export.trt import INSTALL_HINT, profile_shapes
 from export.trt_runtime import TrtEngine, plan_name, tensorrt_available
+from models.bundle import Bundle
 from models.clustering import temporal_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +62,7 @@ def test_plan_name_sanitises_the_gpu_name() -> None:
 
 
 def test_profile_shapes_from_the_manifest() -> None:
-    info = {
+    info: dict[str, Any] = {
         "inputs": [{"name": "input", "shape": ["clips", 3, "frames", 64, 64]}],
         "dims": {
             "clips": {"min": 1, "opt": 4, "max": 16},
@@ -133,7 +135,7 @@ def test_kernel_runs_on_an_external_stream() -> None:
 # Real engines (TensorRT 10.x on a GPU)
 
 
-def _exported_bundle(directory: Path, name: str) -> object:
+def _exported_bundle(directory: Path, name: str) -> Bundle:
     from export.onnx import export_onnx
     from models import create_model, get_spec
     from models.bundle import write_bundle

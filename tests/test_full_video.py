@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import models.full_video  # noqa: F401  (registers the variants)
 from models.clustering import assign_clusters, cluster_means, hamming_distances
 from models.full_video import BasicBlock, Bottleneck, FullVideoNet, temporal_shift
 from models.registry import create_model, get_spec, list_models
@@ -30,7 +30,7 @@ VARIANTS = [
 def tiny(num_clusters: int = 8, **kwargs) -> FullVideoNet:
     torch.manual_seed(0)
     spec = get_spec("full_video_tiny").replace(segments=num_clusters)
-    return create_model("full_video_tiny", spec=spec, **kwargs)
+    return cast(FullVideoNet, create_model("full_video_tiny", spec=spec, **kwargs))
 
 
 def video(t: int, size: int = 32, n: int = 1, seed: int = 0) -> torch.Tensor:
@@ -44,6 +44,7 @@ def randomise_batch_norm(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             c = m.num_features
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
@@ -121,14 +122,16 @@ def ref_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if block.downsample is None:
         identity = x
     else:
-        identity = ref_conv_bn(x, block.downsample[0], block.downsample[1])
+        conv, bn = block.downsample
+        identity = ref_conv_bn(x, cast(torch.nn.Conv2d, conv), cast(torch.nn.BatchNorm2d, bn))
     return F.relu(y + identity)
 
 
 def ref_forward(model: FullVideoNet, clip: torch.Tensor, mode: str, g: int) -> torch.Tensor:
     """(3, T, H, W) one video -> logits, following the paper's Fig. 2 step by step."""
     frames = clip.transpose(0, 1)  # (T, 3, H, W)
-    y = F.max_pool2d(F.relu(ref_conv_bn(frames, model.stem[0], model.stem[1])), 3, 2, 1)
+    conv, bn = cast(torch.nn.Conv2d, model.stem[0]), cast(torch.nn.BatchNorm2d, model.stem[1])
+    y = F.max_pool2d(F.relu(ref_conv_bn(frames, conv, bn)), 3, 2, 1)
     for block in model.layer1:
         y = ref_block(block, y)
     if mode != "none":
@@ -186,8 +189,10 @@ def test_backward_through_cluster_means() -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     # The stem and layer1 only see the loss through the cluster means.
-    assert model.stem[0].weight.grad.abs().sum() > 0
-    assert model.layer1[0].conv1.weight.grad.abs().sum() > 0
+    stem_conv: Any = model.stem[0]
+    block: Any = model.layer1[0]
+    assert stem_conv.weight.grad.abs().sum() > 0
+    assert block.conv1.weight.grad.abs().sum() > 0
 
 
 def test_same_seed_same_output() -> None:
@@ -278,7 +283,7 @@ def test_tiny_exports_to_onnx_with_dynamic_frames() -> None:
         torch.onnx.export(
             model,
             (video(12),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
             dynamo=False,
             opset_version=17,
             input_names=["video"],

@@ -147,7 +147,7 @@ def test_gradients_finite_with_identical_clips(ccl):
     loss = VideoLevelLoss(ccl=ccl)(logits, vid, labels)
     loss.backward()
     assert torch.isfinite(loss)
-    assert torch.isfinite(logits.grad).all()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
     assert logits.grad.abs().sum() > 0
 
 
@@ -157,7 +157,7 @@ def test_reference_gradient_flows_unless_detached():
         logits = _logits((0.75, 0.25), (0.25, 0.75), (0.4, 0.6)).requires_grad_(True)
         vid, label = _one_video(logits, 0)
         vll_loss(logits, vid, label, ccl="error", alpha=1.0, detach_reference=detach).backward()
-        assert torch.isfinite(logits.grad).all()
+        assert logits.grad is not None and torch.isfinite(logits.grad).all()
         assert logits.grad[1:].abs().sum() > 0
         return logits.grad[0]
 

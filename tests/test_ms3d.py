@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from models import get_spec
 from models.ms3d import (
     MS3D,
+    SparseDenseBlock,
     eq4_temporal_factors,
     init_conv3d_eq4,
     ms3d,
@@ -46,7 +50,7 @@ def test_tiny_backward_reaches_every_parameter() -> None:
     (out[0] @ out[1]).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_forward_head_without_normalisation_is_raw_projection(tiny: MS3D) -> None:
@@ -65,7 +69,8 @@ def test_wrong_frame_count_is_refused(tiny: MS3D) -> None:
 
 def test_pathway_kernels_follow_the_paper() -> None:
     model = ms3d(block_config=(1,), stem_channels=4, growth_rate=4)
-    shapes = [tuple(p[0].weight.shape[2:]) for p in model.stem.pathways]
+    convs = [cast(nn.Conv3d, cast(nn.Sequential, p)[0]) for p in model.stem.pathways]
+    shapes = [tuple(conv.weight.shape[2:]) for conv in convs]
     assert shapes == [(3, 3, 3), (3, 5, 5), (3, 7, 7)]
     assert model.pathway_sizes == (7, 17, 25)
     assert tuple(model.stem.bank.weight.shape) == (16, 3, 1, 3, 3)
@@ -111,7 +116,7 @@ def test_state_dict_roundtrip_includes_bank() -> None:
 
 
 def test_connectivity_same_for_same_seed_and_differs_for_another() -> None:
-    kwargs = dict(block_config=(6, 6), growth_rate=2, stem_channels=4, bn_size=0)
+    kwargs: dict[str, Any] = dict(block_config=(6, 6), growth_rate=2, stem_channels=4, bn_size=0)
     a = ms3d_tiny(connectivity_seed=5, **kwargs)
     b = ms3d_tiny(connectivity_seed=5, **kwargs)
     c = ms3d_tiny(connectivity_seed=6, **kwargs)
@@ -149,8 +154,9 @@ def test_drop_rate_extremes_give_full_dense_and_chain() -> None:
 
 def test_layer_input_width_follows_connectivity() -> None:
     model = ms3d_tiny(block_config=(5,), stem_channels=6, growth_rate=3, bn_size=0)
-    block = model.layer1[0]
-    for inputs, layer in zip(block.connectivity, block.layers):
+    block = cast(SparseDenseBlock, model.stages[0][0])  # layer1: the block, no transition
+    layers: list[Any] = list(block.layers)
+    for inputs, layer in zip(block.connectivity, layers):
         expected = sum(6 if i == 0 else 3 for i in inputs)
         assert layer.body[0][0].num_features == expected
     assert block.out_channels == 6 + 5 * 3
@@ -189,7 +195,8 @@ def test_eq4_init_gives_2d_response_on_a_static_clip() -> None:
 
 
 def test_model_convs_are_initialised_by_eq4(tiny: MS3D) -> None:
-    w = tiny.stem.pathways[2][0].weight.detach()
+    pathway: Any = tiny.stem.pathways[2]
+    w = pathway[0].weight.detach()
     torch.testing.assert_close(w[:, :, 0], -0.2 * w[:, :, 1])
 
 

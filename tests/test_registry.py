@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_unknown_model_is_a_clear_error() -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_small_variant_forward_backward(name: str) -> None:
     d: VariantSpec = get_spec(name)
-    kwargs = {} if d.output == "embedding" else {"num_classes": 5}
+    kwargs: dict[str, Any] = {} if d.output == "embedding" else {"num_classes": 5}
     x = _input_for(name)
 
     torch.manual_seed(0)

@@ -162,7 +162,7 @@ def _write(path, tensors, metadata) -> None:
 
 
 def _good_parts() -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "centres": np.eye(2, dtype=np.float32),
         "counts": np.array([1, 1], dtype=np.int64),
         "gamma": np.array(0.5),

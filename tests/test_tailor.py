@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,14 @@ from models.tailor import (
     tailor_video,
     tailor_weights,
 )
+
+_T = TypeVar("_T")
+
+
+def _found(value: _T | None) -> _T:
+    """A result the case under test must produce (not ``None``)."""
+    assert value is not None
+    return value
 
 
 def test_weights_in_bands_along_a_row_by_hand() -> None:
@@ -58,12 +68,12 @@ def test_weights_are_rectangular_rings_in_2d() -> None:
 
 
 def test_default_band_is_five_pixels() -> None:
-    d = band_index(1, 12, (0, 0, 1, 1))
+    d = _found(band_index(1, 12, (0, 0, 1, 1)))
     assert d[0].tolist() == [0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
 
 
 def test_fractional_box_covers_overlapped_pixels() -> None:
-    d = band_index(1, 5, (1.5, 0.0, 2.2, 1.0), band=1)
+    d = _found(band_index(1, 5, (1.5, 0.0, 2.2, 1.0), band=1))
     assert d[0].tolist() == [1, 0, 0, 1, 2]
 
 
@@ -148,13 +158,13 @@ NMS = np.array([[5, 6, 15, 20, 0.8, 1], [8, 8, 12, 16, 0.6, 0]], dtype=np.float3
 
 
 def test_decode_layouts_pick_best_person() -> None:
-    box, score = decode_yolo_output(V5[None], layout="yolov5")
+    box, score = _found(decode_yolo_output(V5[None], layout="yolov5"))
     np.testing.assert_allclose(box, [8, 8, 12, 16])
     assert score == pytest.approx(0.72)
-    box, score = decode_yolo_output(V8[None], layout="yolov8")
+    box, score = _found(decode_yolo_output(V8[None], layout="yolov8"))
     np.testing.assert_allclose(box, [15, 15, 25, 25])
     assert score == pytest.approx(0.7)
-    box, score = decode_yolo_output(NMS[None], layout="nms")
+    box, score = _found(decode_yolo_output(NMS[None], layout="nms"))
     np.testing.assert_allclose(box, [8, 8, 12, 16])
     assert score == pytest.approx(0.6)
     assert decode_yolo_output(NMS, layout="nms", person_class=3) is None
@@ -166,9 +176,9 @@ def test_decode_auto_layout_on_realistic_shapes() -> None:
     rng = np.random.default_rng(0)
     many = rng.uniform(0, 0.5, size=(20, 7))  # 20 candidates, 2 classes
     many[13] = [30, 30, 10, 20, 1.0, 1.0, 0.0]
-    box, _ = decode_yolo_output(many[None])  # rows > columns: yolov5
+    box, _ = _found(decode_yolo_output(many[None]))  # rows > columns: yolov5
     np.testing.assert_allclose(box, [25, 20, 35, 40])
-    box, _ = decode_yolo_output(np.delete(many, 4, axis=1).T[None])  # (6, 20): yolov8
+    box, _ = _found(decode_yolo_output(np.delete(many, 4, axis=1).T[None]))  # (6, 20): yolov8
     np.testing.assert_allclose(box, [25, 20, 35, 40])
 
 
@@ -221,7 +231,7 @@ def test_onnx_yolo_source_maps_box_back_to_frame(tmp_path, layout, output, expec
     np.testing.assert_allclose(boxes, np.tile(expected, (3, 1)), atol=1e-4)
 
 
-def test_onnx_yolo_source_threshold_and_every(tmp_path) -> None:
+def test_onnx_yolo_source_threshold_and_every(tmp_path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
     path = tmp_path / "yolo.onnx"
     _fixed_output_onnx(path, V5[None])
@@ -231,7 +241,12 @@ def test_onnx_yolo_source_threshold_and_every(tmp_path) -> None:
     src = OnnxYoloBoxSource(path, layout="yolov5", every=2)
     calls = []
     detect = src.detect
-    src.detect = lambda frame: calls.append(1) or detect(frame)  # type: ignore[method-assign]
+
+    def counting_detect(frame: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        return detect(frame)
+
+    monkeypatch.setattr(src, "detect", counting_detect)
     boxes = src(np.zeros((5, 48, 64, 3), dtype=np.uint8))
     assert len(calls) == 3  # frames 0, 2, 4
     np.testing.assert_allclose(boxes[1], boxes[0])

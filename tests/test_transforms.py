@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -93,7 +95,7 @@ def test_clips_to_tensor_train_crop_shared_across_clips():
 def test_clips_to_tensor_hflip_only_when_asked():
     frames = _frames(t=1)
     idx = np.array([[0]])
-    unit = dict(mean=(0, 0, 0), std=(1, 1, 1))
+    unit: dict[str, Any] = dict(mean=(0, 0, 0), std=(1, 1, 1))
 
     def run(seed: int, **kw) -> torch.Tensor:
         rng = np.random.default_rng(seed)

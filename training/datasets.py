@@ -540,7 +540,8 @@ class VideoItem(NamedTuple):
 
     clips: torch.Tensor  # (N, 3, L, h, w)
     label: int
-    index: int  # position of the video in the dataset
+    # Position of the video in the dataset; the name shadows tuple.index, as released.
+    index: int  # type: ignore[assignment]
 
 
 class ClipItem(NamedTuple):
@@ -548,7 +549,8 @@ class ClipItem(NamedTuple):
 
     clip: torch.Tensor  # (3, L, h, w)
     label: int
-    index: int  # position of the video in the dataset's entries
+    # Position of the video in the dataset's entries; shadows tuple.index, as released.
+    index: int  # type: ignore[assignment]
 
 
 class VideoBatch(NamedTuple):
@@ -618,6 +620,9 @@ class _VideoSource(Dataset):
         return inputs_from_indices(
             frames, idx, self.spec, train=self.train, rng=rng, hflip=self.hflip
         )
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
     def _entry_of(self, item: int) -> VideoEntry:
         raise NotImplementedError

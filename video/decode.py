@@ -40,9 +40,9 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, Protocol
 
 import av
 import numpy as np
@@ -62,7 +62,21 @@ __all__ = ["VideoMeta", "DecodeLimits", "probe_video", "decode_video", "iter_vid
 
 _log = logging.getLogger(__name__)
 
-Source = str | os.PathLike | BinaryIO
+
+class BinaryFile(Protocol):
+    """A binary file object as decoding reads it (BytesIO, an open file, an upload, a pipe).
+
+    ``seek``/``tell`` may raise for non-seekable objects; those are spooled first.
+    """
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+Source = str | os.PathLike[str] | BinaryFile
 
 # Decoder threads are capped: a request for more only adds contention on a shared host.
 _MAX_THREADS = 16
@@ -342,7 +356,7 @@ def iter_video_chunks(
     size: tuple[int, int] | None = None,
     limits: DecodeLimits | None = None,
     threads: int = 2,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Decode a video chunk by chunk; the chunks concatenate to :func:`decode_video`'s frames.
 
     The input is opened at the first ``next()`` and closed when the iterator is exhausted,
@@ -377,7 +391,7 @@ def _iter_chunks(
     size: tuple[int, int] | None,
     limits: DecodeLimits,
     threads: int,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     with _open_video(src, limits, threads) as (container, stream):
         header = _read_header(stream)
         _check_declared_limits(header, limits)
@@ -446,7 +460,7 @@ def _open_video(
 
 def _prepare_input(
     src: Source, limits: DecodeLimits, stack: contextlib.ExitStack
-) -> tuple[str | BinaryIO, int]:
+) -> tuple[str | BinaryFile, int]:
     """The object to hand to ``av.open`` and the number of bytes it holds."""
     if isinstance(src, (str, os.PathLike)):
         path = os.path.abspath(os.fsdecode(src))
@@ -474,9 +488,10 @@ def _prepare_input(
     return spool, nbytes
 
 
-def _is_seekable(fobj: BinaryIO) -> bool:
+def _is_seekable(fobj: BinaryFile) -> bool:
     try:
-        if callable(getattr(fobj, "seekable", None)) and not fobj.seekable():
+        seekable = getattr(fobj, "seekable", None)
+        if callable(seekable) and not seekable():
             return False
         fobj.tell()
         return True
@@ -484,7 +499,7 @@ def _is_seekable(fobj: BinaryIO) -> bool:
         return False
 
 
-def _copy_bounded(src: BinaryIO, dst: BinaryIO, max_bytes: int | None) -> int:
+def _copy_bounded(src: BinaryFile, dst: IO[bytes], max_bytes: int | None) -> int:
     """Copy a stream, stopping one block past ``max_bytes`` so endless input is bounded."""
     total = 0
     while True:
@@ -508,7 +523,7 @@ class _Window(io.RawIOBase):
     own would otherwise be read from the wrong place.
     """
 
-    def __init__(self, raw: BinaryIO, start: int) -> None:
+    def __init__(self, raw: BinaryFile, start: int) -> None:
         super().__init__()
         self._raw = raw
         self._start = start
@@ -519,7 +534,7 @@ class _Window(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes | None:
         return self._raw.read(n)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -531,7 +546,7 @@ class _Window(io.RawIOBase):
         return self._raw.tell() - self._start
 
 
-def _open_failure(exc: av.FFmpegError, target: str | BinaryIO) -> VideoError:
+def _open_failure(exc: av.FFmpegError, target: str | BinaryFile) -> VideoError:
     """Map a failed ``av.open`` to the most telling error class."""
     head = _head(target)
     if isinstance(exc, av.error.ArgumentError):
@@ -545,7 +560,7 @@ def _open_failure(exc: av.FFmpegError, target: str | BinaryIO) -> VideoError:
     return NotAVideoError("input is not a recognised video format")
 
 
-def _head(target: str | BinaryIO, n: int = 16) -> bytes:
+def _head(target: str | BinaryFile, n: int = 16) -> bytes:
     try:
         if isinstance(target, str):
             with open(target.removeprefix("file:"), "rb") as fh:
@@ -708,7 +723,9 @@ def _write_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
     """Interleave a ``gbrp`` frame's planes into ``dst`` (H, W, 3) as R, G, B."""
     height, width = dst.shape[:2]
     for channel, plane in zip((1, 2, 0), frame.planes):  # planes are G, B, R
-        rows = np.frombuffer(plane, np.uint8, count=height * plane.line_size)
+        # A plane exposes the buffer protocol; av's stubs do not declare it.
+        count = height * plane.line_size
+        rows = np.frombuffer(plane, np.uint8, count=count)  # type: ignore[call-overload]
         rows = rows.reshape(height, plane.line_size)
         dst[:, :, channel] = rows[:, :width]
 

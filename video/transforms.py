@@ -111,17 +111,17 @@ def clips_to_tensor(
     if idx.min() < 0 or idx.max() >= len(frames):
         raise IndexError(f"frame index out of range for a video of {len(frames)} frames")
     height, width = frames.shape[1:3]
-    if train and rng is None:
-        rng = np.random.default_rng()
     # Crop before gathering and converting so only the kept pixels are copied to float.
-    if crop is not None:
-        if train:
-            top, left = random_crop_offsets((height, width), crop, rng)
-        else:
-            top, left = centre_crop_offsets((height, width), crop)
+    if train:
+        gen = rng if rng is not None else np.random.default_rng()
+        if crop is not None:
+            top, left = random_crop_offsets((height, width), crop, gen)
+            frames = frames[:, top : top + crop[0], left : left + crop[1]]
+        if hflip and gen.random() < 0.5:
+            frames = frames[:, :, ::-1]
+    elif crop is not None:
+        top, left = centre_crop_offsets((height, width), crop)
         frames = frames[:, top : top + crop[0], left : left + crop[1]]
-    if train and hflip and rng.random() < 0.5:
-        frames = frames[:, :, ::-1]
     clips = np.ascontiguousarray(frames[idx])  # (N, L, h, w, 3)
     x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).to(torch.float32).div_(255.0)
     return normalize(x, mean, std).contiguous()
