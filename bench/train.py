@@ -37,8 +37,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import create_model
-from training.config import FAMILIES, TrainConfig, apply_preset
-from training.run import channels_last_for, make_optimizer, mixed_precision, to_device, train_step
+from training.config import FAMILIES, Family, Preset, TrainConfig, apply_preset
+from training.run import (
+    channels_last_for,
+    make_optimizer,
+    mixed_precision,
+    to_channels_last,
+    to_device,
+    train_step,
+)
 from training.tasks import Batch, Task, make_task
 
 
@@ -85,9 +92,9 @@ def bench_family(
     model = (
         create_model(task.model_name, spec=task.spec(), **task.model_kwargs()).to(device).train()
     )
-    channels_last = amp and channels_last_for(cfg.family, device)
+    channels_last = amp and channels_last_for(task, device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        model = to_channels_last(model)
     optimizer = make_optimizer(cfg, model)
     autocast, scaler = mixed_precision(cfg, device)
     host = _batch(task, cfg, clips_per_video=clips_per_video, frames=frames)
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    preset = args.preset or ("paper" if device.type == "cuda" else "demo")
+    preset: Preset = args.preset or ("paper" if device.type == "cuda" else "demo")
     classes = args.classes or (101 if preset == "paper" else 4)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         + header
         + (f"{'ratio':>8}" if len(modes) > 1 else "")
     )
-    for family in args.family or FAMILIES:
+    families: list[Family] = args.family or list(FAMILIES)
+    for family in families:
         cfg = apply_preset(TrainConfig(family=family, preset=preset, data="-"), explicit=set())
         if args.batch_size:
             cfg = dataclasses.replace(cfg, batch_size=args.batch_size)

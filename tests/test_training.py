@@ -1,5 +1,6 @@
-"""End-to-end training runs on a tiny generated Move4Digits: every family writes a loadable
-bundle, an interrupted run resumes to the same weights, and torchrun with two processes works."""
+"""Training: end-to-end runs on a tiny generated Move4Digits (every family writes a loadable
+bundle, an interrupted run resumes to the same weights, torchrun with two processes works),
+the optimisation step, and ms3d's held-out-classes split."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from models.bundle import load_bundle
+from training.config import TrainConfig
+from training.datasets import DatasetSplits, VideoEntry
 from training.run import main
 from training.synth import generate
-
-pytestmark = pytest.mark.slow
+from training.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--epochs", "1", "--workers", "0", "--threads", "2", "--progress", "false"]
@@ -30,6 +32,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "extra"),
     [
@@ -73,6 +76,7 @@ def test_every_family_trains_and_writes_a_bundle(
         assert bundle.has("repository.safetensors")
         # the held-out class is added to the repository after the open-set figures
         assert len(bundle.labels) == 4 and "unknown_rejection" in metrics
+        assert 0.0 <= metrics["all_classes_after_adding_top1"] <= 1.0
         sweep = metrics["open_set_sweep"]
         accept = [row["in_class_acceptance"] for row in sweep]
         reject = [row["unknown_rejection"] for row in sweep]
@@ -82,6 +86,7 @@ def test_every_family_trains_and_writes_a_bundle(
         assert sorted(bundle.labels) == ["move_down", "move_left", "move_right", "move_up"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
     args = [
         "--family",
@@ -110,6 +115,7 @@ def test_resume_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(dataset: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
@@ -184,3 +190,25 @@ def test_train_step_updates_and_refuses_a_non_finite_loss() -> None:
             where="epoch 3, step 7",
         )
     assert torch.equal(net.weight.detach(), before)  # nothing reached the weights
+
+
+def test_ms3d_holds_classes_out_once() -> None:
+    classes = ["a", "b", "c", "d"]
+    train = [
+        VideoEntry(Path(f"{c}{i}.mp4"), label) for label, c in enumerate(classes) for i in (0, 1)
+    ]
+    test = [VideoEntry(Path(f"{c}t.mp4"), label) for label, c in enumerate(classes)]
+    splits = DatasetSplits("list", classes, train, test)
+    cfg = TrainConfig(family="ms3d", data="-", holdout_classes=1)
+    data = make_task(cfg, classes).split(splits)
+    assert data.held_out == ["d"]
+    assert data.train == train[:6] and data.held_out_train == train[6:]
+    assert data.test == test  # the held-out classes' test videos measure rejection
+    # no hold-out: everything is trained on, as for the other families
+    data = make_task(TrainConfig(family="ms3d", data="-", holdout_classes=0), classes).split(splits)
+    assert (data.train, data.test, data.held_out, data.held_out_train) == (train, test, [], [])
+    for family in ("c3d_vll", "full_video"):  # holdout_classes is ms3d's alone
+        data = make_task(TrainConfig(family=family, data="-"), classes).split(splits)
+        assert data.train == train and data.held_out == []
+    with pytest.raises(SystemExit, match="fewer than two known classes"):
+        make_task(TrainConfig(family="ms3d", data="-", holdout_classes=3), classes).split(splits)

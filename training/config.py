@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin
 
 __all__ = [
+    "FAMILIES",
+    "Family",
+    "Preset",
     "TrainConfig",
     "PRESETS",
     "parse_config",
@@ -22,7 +25,9 @@ __all__ = [
     "config_from_dict",
 ]
 
-FAMILIES = ("c3d_vll", "attention_lstm", "ms3d", "full_video")
+Family = Literal["c3d_vll", "attention_lstm", "ms3d", "full_video"]
+Preset = Literal["demo", "paper"]
+FAMILIES: tuple[Family, ...] = get_args(Family)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -36,14 +41,12 @@ class TrainConfig:
     """All settings of one training run; the defaults are the CPU ``demo`` preset's base."""
 
     # --- what to train, on what, where to put it
-    family: Literal["c3d_vll", "attention_lstm", "ms3d", "full_video"] = _f(
-        "c3d_vll", "recognizer family"
-    )
+    family: Family = _f("c3d_vll", "recognizer family")
     data: str = _f("", "dataset: UCF101/HMDB51-layout folder or a 'path label' list file")
     split: int = _f(1, "official split number (1-3) for UCF101/HMDB51 layouts")
     out: str = _f("store", "bundle store: the bundle is written to OUT/NAME")
     name: str = _f("", "bundle name (default: <model>-<dataset folder name>)")
-    preset: Literal["demo", "paper"] = _f("demo", "demo: small CPU variant; paper: paper settings")
+    preset: Preset = _f("demo", "demo: small CPU variant; paper: paper settings")
     model: str = _f("", "registry variant (default: <family>_tiny for demo, <family> for paper)")
     model_kwargs: dict = _f({}, "extra constructor kwargs for the model as JSON")
 
@@ -70,14 +73,14 @@ class TrainConfig:
     strict: bool = _f(False, "refuse to start when any listed video is missing or undecodable")
     seed: int = _f(0, "seed for weights, sampling and data order")
 
-    # --- c3d_vll (paper 000)
+    # --- c3d_vll (Shi et al., EURASIP JIVP 2020:35)
     level: Literal["video", "clip"] = _f("video", "c3d_vll: video-level or clip-level training")
     ccl: Literal["none", "euclidean", "error", "full"] = _f(
         "full", "c3d_vll: clip-consistency term (none = video-level CE only)"
     )
     alpha: float = _f(0.3, "c3d_vll: weight of the consistency term")
 
-    # --- attention_lstm (paper 001)
+    # --- attention_lstm ("Attention-based multi-level deep supervised network")
     fusion: Literal["early", "late"] = _f("late", "attention_lstm: LSTM input fusion")
     lam: float = _f(1000.0, "attention_lstm: attention-regularisation weight lambda")
     ds_weight: float = _f(1.0, "attention_lstm: weight of the deep-supervision losses")
@@ -90,7 +93,7 @@ class TrainConfig:
     vgg_weights: str = _f("", "attention_lstm: local VGG16 state dict (torchvision layout)")
     frozen_vgg: bool = _f(False, "attention_lstm: keep the VGG16 layers frozen")
 
-    # --- ms3d (paper 002)
+    # --- ms3d ("MS3D: Multi-Clue Sparse 3D ConvNet", Man, Zou and Li)
     pathway_sizes: tuple = _f((), "ms3d: frames per slow,mid,fast pathway, e.g. 7,17,25")
     drop_rate: float = _f(-1.0, "ms3d: sparse-DenseNet connection drop rate (-1: default)")
     walks: int = _f(0, "ms3d: p(z) walks per video for the repository (0: model default)")
@@ -100,7 +103,7 @@ class TrainConfig:
     holdout_classes: int = _f(1, "ms3d: classes held out of training for open-set figures")
     npair_scale: float = _f(10.0, "ms3d: similarity scale in the N-pair loss")
 
-    # --- full_video (paper 003)
+    # --- full_video ("No frame left behind", Liu et al., CVPR 2021)
     clustering: Literal["cumulative", "slope", "uniform", "none"] = _f(
         "cumulative", "full_video: temporal clustering (none: TSM on the sampled frames)"
     )
@@ -124,7 +127,7 @@ class TrainConfig:
 
 
 # Family-specific values per preset; explicit flags override them.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+PRESETS: dict[Preset, dict[Family, dict[str, Any]]] = {
     "demo": {
         # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
         "c3d_vll": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
@@ -135,8 +138,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "full_video": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
     },
     "paper": {
-        # Paper 000 section 4.1: SGD at 0.001, x0.1 every 2000 iterations, alpha 0.3,
-        # dropout 0.05 (in the model), at most 20 clips per video (authors' code).
+        # The c3d_vll paper (Shi et al.), Section 4.1: SGD at 0.001, x0.1 every 2000
+        # iterations, alpha 0.3, dropout 0.05 (in the model), at most 20 clips per video
+        # (authors' code).
         "c3d_vll": dict(
             epochs=40,
             batch_size=4,
@@ -150,7 +154,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             alpha=0.3,
             max_clips=20,
         ),
-        # Paper 001 section 4: lambda 1000, weight decay 1e-5, L1 = 30, L2 = 16, batch 64 clips.
+        # The attention_lstm paper, Section 4: lambda 1000, weight decay 1e-5, L1 = 30,
+        # L2 = 16, batch 64 clips.
         "attention_lstm": dict(
             epochs=30,
             batch_size=64,
@@ -164,7 +169,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             vote_steps=16,
             lr_schedule="cosine",
         ),
-        # Paper 002 section 4: Adam, batch 64, 500 epochs, drop rate 0.7, 7/17/25 frames.
+        # The MS3D paper, Section 4: Adam, batch 64, 500 epochs, drop rate 0.7, 7/17/25 frames.
         "ms3d": dict(
             epochs=500,
             batch_size=64,
@@ -174,7 +179,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             drop_rate=0.7,
             pathway_sizes=(7, 17, 25),
         ),
-        # Paper 003 section 4 follows TSM: SGD 0.01 cosine, weight decay 5e-4, g = 8.
+        # "No frame left behind" (Section 4) follows TSM: SGD 0.01 cosine, weight decay 5e-4, g = 8.
         "full_video": dict(
             epochs=50,
             batch_size=8,

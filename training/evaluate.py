@@ -4,7 +4,7 @@ aggregator), so the figures here are the figures a deployed bundle gives."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.aggregators import VideoScores
 from models.pipeline import Forward, decode_for, predict_frames
 from models.spec import VariantSpec
 from training.metrics import summarize
@@ -35,7 +36,7 @@ class VideoOutcome:
     nearest: float
 
 
-def _input_correct(outputs: Tensor, scores, label: int) -> int:
+def _input_correct(outputs: Tensor, scores: VideoScores, label: int) -> int:
     pred = scores.input_pred
     if pred is None and outputs.dim() == 2 and scores.distances is None:
         pred = outputs.argmax(dim=1)
@@ -63,7 +64,7 @@ def evaluate_videos(
     """
     outcomes: list[VideoOutcome] = []
     skipped: list[str] = []
-    iterator = videos
+    iterator: Iterable[tuple[Path, int]] = videos
     if progress:
         from tqdm import tqdm
 

@@ -1,16 +1,21 @@
 """What differs between the four families during training, and nothing else.
 
 The loop in :mod:`training.run` is family-agnostic; a :class:`Task` supplies the model's
-constructor kwargs, the effective sampler/aggregator settings (the bundle records them), the
-training batches, and the loss. Evaluation always goes through :mod:`training.evaluate`, i.e.
-the service's own decode -> sampler -> network -> aggregator path.
+constructor kwargs, the effective variant spec (the bundle records it), the split of the
+dataset into what is trained and evaluated on, the training batches, the loss, the evaluation
+figures and the family's additions to the bundle. Evaluation always goes through
+:mod:`training.evaluate`, i.e. the service's own decode -> sampler -> network -> aggregator
+path.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -18,15 +23,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from models.bundle import REPOSITORY_FILE
+from models.pipeline import Forward, decode_for, embed_video
 from models.registry import get_spec
+from models.repository import Repository, calibrate_gamma, in_class_distances
 from models.spec import VariantSpec
 from training.config import TrainConfig
-from training.datasets import ClipDataset, VideoDataset, VideoEntry, collate_videos
+from training.datasets import (
+    ClipDataset,
+    DatasetSplits,
+    VideoDataset,
+    VideoEntry,
+    collate_videos,
+    validate_entries,
+)
+from training.evaluate import VideoOutcome, evaluate_videos
 from training.losses.attention import attention_lstm_loss
 from training.losses.npair import npair_batches, npair_loss
 from training.losses.vll import clip_ce_loss, vll_loss
+from video.errors import VideoError
 
-__all__ = ["Task", "make_task", "Batch"]
+__all__ = ["Batch", "BundleParts", "DataSplit", "Task", "make_task"]
+
+log = logging.getLogger("training")
+
+# Per video its (P, D) walk embeddings, and the videos' labels.
+_Embedded = tuple[list[np.ndarray], list[int]]
 
 
 @dataclass
@@ -44,6 +66,39 @@ class Batch:
     input_video: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class DataSplit:
+    """The videos one run trains and evaluates on, as :meth:`Task.split` divides a dataset.
+
+    Attributes:
+        train: Training entries.
+        test: Test entries.
+        held_out: Names of the classes kept out of training (ms3d's open-set protocol).
+        held_out_train: The held-out classes' training entries, kept from the one split of the
+            dataset for what the task does with them after training (:meth:`Task.finish`).
+    """
+
+    train: list[VideoEntry]
+    test: list[VideoEntry]
+    held_out: list[str] = field(default_factory=list)
+    held_out_train: list[VideoEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BundleParts:
+    """What a task adds to the bundle after training (:meth:`Task.finish`).
+
+    Attributes:
+        labels: The bundle's class names in index order.
+        files: Files the task wrote into the bundle directory (checksummed in the manifest).
+        metrics: Figures to add to the manifest's final metrics.
+    """
+
+    labels: list[str]
+    files: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 def _collate_clips(items: list[Any]) -> Batch:
     return Batch(torch.stack([it.clip for it in items]), torch.tensor([it.label for it in items]))
 
@@ -55,7 +110,8 @@ def _collate_videos(items: list[Any]) -> Batch:
 
 def _collate_padded_videos(items: list[Any]) -> Batch:
     """Whole videos of different lengths: pad each to the longest by repeating its last
-    frame (paper 003 section 4), then stack as ``(B, 3, T, h, w)``."""
+    frame (Liu et al., "No frame left behind", CVPR 2021, Section 4), then stack as
+    ``(B, 3, T, h, w)``."""
     longest = max(it.clips.shape[2] for it in items)
     padded = []
     for it in items:
@@ -93,9 +149,16 @@ class _EpochBatches(Sampler[list[int]]):
 
 
 class Task:
-    """Family-specific pieces of a training run (base: classifier families)."""
+    """Family-specific pieces of a training run (base: classifier families).
 
-    family: str = ""
+    ``classes`` are the dataset's class names in label order; :meth:`split` says which of
+    them are trained on.
+    """
+
+    family: ClassVar[str] = ""
+    #: Whether, on CUDA, the loop stores the model and inputs channels-last 3D (cuDNN's NDHWC
+    #: kernels are faster for the pure-3D-convolution families).
+    channels_last_3d: ClassVar[bool] = False
 
     def __init__(self, cfg: TrainConfig, classes: Sequence[str]) -> None:
         self.cfg = cfg
@@ -121,6 +184,10 @@ class Task:
         return self.base
 
     # ---- data
+    def split(self, splits: DatasetSplits) -> DataSplit:
+        """What the run trains and evaluates on (base: the dataset's train and test split)."""
+        return DataSplit(list(splits.train), list(splits.test))
+
     def video_level(self) -> bool:
         return True
 
@@ -140,7 +207,7 @@ class Task:
     ) -> tuple[DataLoader, Any]:
         """A loader whose order depends on (seed, epoch) only; returns it and the object
         whose ``set_epoch`` must be called each epoch."""
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             dataset,
             num_replicas=world,
             rank=rank,
@@ -166,6 +233,30 @@ class Task:
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
         return loss, {"ce": float(loss.detach())}
 
+    # ---- evaluation and bundle (rank 0, ``forward`` runs the model in eval mode)
+    def evaluate(
+        self, forward: Forward, data: DataSplit, *, progress: bool = False
+    ) -> dict[str, Any]:
+        """The evaluation figures of the model behind ``forward`` (base: the test split
+        through :func:`training.evaluate.evaluate_videos`)."""
+        summary, _ = evaluate_videos(
+            forward,
+            [(e.path, e.label) for e in data.test],
+            self.spec(),
+            len(self.classes),
+            batch_size=self.cfg.batch_size,
+            max_inputs=self.cfg.eval_max_clips,
+            progress=progress,
+        )
+        return summary
+
+    def finish(
+        self, bundle_dir: Path, forward: Forward, data: DataSplit, *, progress: bool = False
+    ) -> BundleParts:
+        """Write the task's own files into ``bundle_dir`` before the manifest is written, and
+        say what else the bundle records (base: no files; the labels are the classes)."""
+        return BundleParts(labels=list(self.classes))
+
 
 def _consecutive_spec(d: VariantSpec, cfg: TrainConfig) -> VariantSpec:
     """The model's consecutive-clip settings with the run's ``clip_len`` / ``clip_stride`` /
@@ -184,9 +275,12 @@ def _consecutive_spec(d: VariantSpec, cfg: TrainConfig) -> VariantSpec:
 
 
 class C3DTask(Task):
-    """c3d_vll: clip-level CE, or video-level CE with CCL-euclidean / -error / full (paper 000)."""
+    """c3d_vll: clip-level CE, or video-level CE with CCL-euclidean / -error / full (Shi et
+    al., video-level learning with a consistent constraint loss, EURASIP Journal on Image and
+    Video Processing 2020:35)."""
 
     family = "c3d_vll"
+    channels_last_3d = True
 
     def spec(self) -> VariantSpec:
         return _consecutive_spec(self.base, self.cfg)
@@ -199,6 +293,8 @@ class C3DTask(Task):
         if not self.video_level():
             loss = clip_ce_loss(logits, batch.labels)
             return loss, {"ce": float(loss.detach())}
+        if batch.input_video is None:
+            raise ValueError("a video-level batch needs input_video")
         loss = vll_loss(
             logits, batch.input_video, batch.labels, ccl=self.cfg.ccl, alpha=self.cfg.alpha
         )
@@ -234,9 +330,18 @@ class AttentionTask(Task):
 
 
 class MS3DTask(Task):
-    """ms3d: N-pair batches of one p(z) walk per video; the repository is built afterwards."""
+    """ms3d (the MS3D paper, see :mod:`models.ms3d`): N-pair batches of one p(z) walk per
+    video; evaluation is the open-set protocol over a class-centre repository.
+
+    With ``holdout_classes`` > 0 the last classes never reach training or the first
+    repository: the repository is built from the known classes' training videos, gamma is
+    calibrated on held-out in-class videos, and the test split gives closed-set accuracy
+    (known classes) and open-set rejection (held-out classes). The bundle's repository then
+    gains the held-out classes from their training videos, without retraining.
+    """
 
     family = "ms3d"
+    channels_last_3d = True
 
     def __init__(self, cfg: TrainConfig, classes: Sequence[str]) -> None:
         super().__init__(cfg, classes)
@@ -256,6 +361,25 @@ class MS3DTask(Task):
             kw["walks"] = self.cfg.walks
         pathways = tuple(self.cfg.pathway_sizes) if self.cfg.pathway_sizes else d.pathways
         return d.replace(pathways=pathways, sampler_kwargs=kw)
+
+    def split(self, splits: DatasetSplits) -> DataSplit:
+        """Hold the last ``holdout_classes`` classes out of training, once: their training
+        entries are kept aside for :meth:`finish`."""
+        held = self.cfg.holdout_classes
+        if held <= 0:
+            return super().split(splits)
+        if held >= len(self.classes) - 1:
+            raise SystemExit(
+                f"--holdout-classes {held} leaves fewer than two "
+                f"known classes out of {len(self.classes)}"
+            )
+        known = len(self.classes) - held
+        return DataSplit(
+            train=[e for e in splits.train if e.label < known],
+            test=list(splits.test),
+            held_out=self.classes[known:],
+            held_out_train=[e for e in splits.train if e.label >= known],
+        )
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
         spec = self.spec()
@@ -281,6 +405,177 @@ class MS3DTask(Task):
         emb = model(batch.inputs)
         loss = npair_loss(emb[0::2], emb[1::2], scale=self.cfg.npair_scale)
         return loss, {"npair": float(loss.detach())}
+
+    # ---- the open-set protocol
+    def evaluate(
+        self, forward: Forward, data: DataSplit, *, progress: bool = False
+    ) -> dict[str, Any]:
+        """Repository from the training videos, gamma, closed-set and open-set figures."""
+        return self._open_set(forward, data, progress)[1]
+
+    def finish(
+        self, bundle_dir: Path, forward: Forward, data: DataSplit, *, progress: bool = False
+    ) -> BundleParts:
+        """The final repository, held-out classes included, saved as the bundle's
+        :data:`models.bundle.REPOSITORY_FILE`; its class names are the bundle's labels."""
+        repo, _ = self._open_set(forward, data, progress)
+        metrics: dict[str, Any] = {}
+        if data.held_out:
+            metrics["all_classes_after_adding_top1"] = self._add_held_out(repo, forward, data)
+        repo.save(bundle_dir / REPOSITORY_FILE)
+        return BundleParts(labels=list(repo.names), files=[REPOSITORY_FILE], metrics=metrics)
+
+    def _embed(self, forward: Forward, entries: Sequence[VideoEntry]) -> _Embedded:
+        return _embed_entries(forward, entries, self.spec(), self.cfg.batch_size)
+
+    def _open_set(
+        self, forward: Forward, data: DataSplit, progress: bool
+    ) -> tuple[Repository, dict[str, Any]]:
+        """Build the repository of the known classes, set gamma, and measure it."""
+        known = len(self.classes) - len(data.held_out)
+        centre_entries, calib_entries = _centre_and_calibration(data.train, self.cfg.repo_videos)
+        embeddings, labels = self._embed(forward, centre_entries)
+        repo = Repository(dim=embeddings[0].shape[1])
+        _add_classes(repo, embeddings, labels, self.classes, range(known))
+        calib, calib_labels = self._embed(forward, calib_entries)
+        calib_dist = np.empty(0)
+        if calib:
+            names = [self.classes[lab] for lab in calib_labels]
+            calib_dist = in_class_distances(repo, calib, names)
+        if self.cfg.gamma > 0:
+            repo.gamma = self.cfg.gamma
+        elif calib:
+            repo.gamma = calibrate_gamma(calib_dist, self.cfg.gamma_percentile)
+        figures: dict[str, Any] = {"gamma": repo.gamma}
+        figures.update(self._measure(forward, repo, data.test, known, calib_dist, progress))
+        return repo, figures
+
+    def _measure(
+        self,
+        forward: Forward,
+        repo: Repository,
+        test: Sequence[VideoEntry],
+        known: int,
+        calib_dist: np.ndarray,
+        progress: bool,
+    ) -> dict[str, Any]:
+        """Closed-set figures and in-class acceptance on the known classes' test videos;
+        rejection of the held-out classes' test videos and the gamma sweep."""
+        known_test = [(e.path, e.label) for e in test if e.label < known]
+        unknown_test = [(e.path, e.label) for e in test if e.label >= known]
+        centres = repo.centres_tensor()
+        kwargs: dict[str, Any] = {
+            "batch_size": self.cfg.batch_size,
+            "centres": centres,
+            "gamma": repo.gamma,
+        }
+        spec = self.spec()
+        closed, outcomes = evaluate_videos(
+            forward, known_test, spec, known, progress=progress, **kwargs
+        )
+        figures: dict[str, Any] = dict(closed)
+        figures["in_class_acceptance"] = (
+            float(np.mean([not o.unknown for o in outcomes])) if outcomes else float("nan")
+        )
+        if not unknown_test:
+            return figures
+        _, open_outcomes = evaluate_videos(forward, unknown_test, spec, len(self.classes), **kwargs)
+        figures["unknown_rejection"] = float(np.mean([o.unknown for o in open_outcomes]))
+        figures["unknown_videos"] = len(unknown_test)
+        if len(calib_dist):
+            figures["open_set_sweep"] = _gamma_sweep(calib_dist, outcomes, open_outcomes)
+        return figures
+
+    def _add_held_out(self, repo: Repository, forward: Forward, data: DataSplit) -> float:
+        """Add the held-out classes to ``repo`` from their training videos (no retraining);
+        returns the top-1 over the whole test split by nearest centre, nothing rejected."""
+        known = len(self.classes) - len(data.held_out)
+        entries = data.held_out_train
+        if entries:
+            entries = validate_entries(entries, strict=False, what="held-out classes")
+        embeddings, labels = self._embed(forward, entries)
+        _add_classes(repo, embeddings, labels, self.classes, range(known, len(self.classes)))
+        full, _ = evaluate_videos(
+            forward,
+            [(e.path, e.label) for e in data.test],
+            self.spec(),
+            len(repo.names),
+            batch_size=self.cfg.batch_size,
+            centres=repo.centres_tensor(),
+            gamma=math.inf,
+        )
+        return cast(float, full["top1"])
+
+
+def _embed_entries(
+    forward: Forward, entries: Sequence[VideoEntry], spec: VariantSpec, batch_size: int
+) -> _Embedded:
+    """Per decodable video its ``(P, D)`` walk embeddings, and the labels; a video that does
+    not decode is logged and left out."""
+    out: list[np.ndarray] = []
+    labels: list[int] = []
+    for e in entries:
+        try:
+            frames, _ = decode_for(e.path, spec)
+        except VideoError as err:
+            log.warning("repository skips %s: %s", e.path, err)
+            continue
+        out.append(embed_video(forward, frames, spec, batch_size=batch_size))
+        labels.append(e.label)
+    return out, labels
+
+
+def _centre_and_calibration(
+    entries: Sequence[VideoEntry], repo_videos: int
+) -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """Per class, the first ``repo_videos`` videos (default 75%) for the centres and the rest
+    for calibrating gamma; at least one of each where the class has two or more videos."""
+    by_class: dict[int, list[VideoEntry]] = {}
+    for e in entries:
+        by_class.setdefault(e.label, []).append(e)
+    centre: list[VideoEntry] = []
+    calib: list[VideoEntry] = []
+    for _, items in sorted(by_class.items()):
+        w = repo_videos or max(1, math.ceil(0.75 * len(items)))
+        w = min(w, len(items) - 1) if len(items) > 1 else 1
+        centre += items[:w]
+        calib += items[w:]
+    return centre, calib
+
+
+def _add_classes(
+    repo: Repository,
+    embeddings: Sequence[np.ndarray],
+    labels: Sequence[int],
+    classes: Sequence[str],
+    which: range,
+) -> None:
+    """Add each class of ``which`` that has embeddings to ``repo``, in label order."""
+    for label in which:
+        rows = [emb for emb, lab in zip(embeddings, labels) if lab == label]
+        if rows:
+            repo.add_class(classes[label], np.concatenate(rows))
+
+
+def _gamma_sweep(
+    calib_dist: np.ndarray, known: Sequence[VideoOutcome], unknown: Sequence[VideoOutcome]
+) -> list[dict[str, float]]:
+    """The acceptance/rejection trade-off over the gamma percentile, from the nearest-centre
+    distances already measured (no extra forward pass)."""
+    known_d = np.array([o.nearest for o in known])
+    unknown_d = np.array([o.nearest for o in unknown])
+    rows = []
+    for q in (50.0, 75.0, 90.0, 95.0, 99.0):
+        g = calibrate_gamma(calib_dist, q)
+        rows.append(
+            {
+                "percentile": q,
+                "gamma": g,
+                "in_class_acceptance": float(np.mean(known_d < g)),
+                "unknown_rejection": float(np.mean(unknown_d >= g)),
+            }
+        )
+    return rows
 
 
 class FullVideoTask(Task):
