@@ -1,6 +1,6 @@
 """Training: end-to-end runs on a tiny generated Move4Digits (every family writes a loadable
-bundle, an interrupted run resumes to the same weights, torchrun with two processes works),
-the optimisation step, and ms3d's held-out-classes split."""
+bundle without the resume checkpoint, an interrupted run resumes to the same weights, torchrun
+with two processes works), the optimisation step, and ms3d's held-out-classes split."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from models.bundle import load_bundle
 from training.config import TrainConfig
 from training.datasets import DatasetSplits, VideoEntry
-from training.run import main
+from training.run import CHECKPOINT_FILE, main
 from training.synth import generate
 from training.tasks import make_task
 
@@ -68,6 +68,11 @@ def test_every_family_trains_and_writes_a_bundle(
     assert bundle.family == family
     metrics = bundle.manifest["metrics"]
     assert 0.0 <= metrics["top1"] <= 1.0 and metrics["videos"] > 0
+    # the resume checkpoint is removed once the bundle is written; the per-epoch log stays
+    assert not (tmp_path / "b" / CHECKPOINT_FILE).exists()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(
+        ["manifest.json", "metrics.jsonl", *bundle.files]
+    )
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and "eval" in json.loads(lines[0])
     model = bundle.build_model()
@@ -107,7 +112,9 @@ def test_resume_gives_the_same_weights(dataset: Path, tmp_path: Path) -> None:
     assert main([*args, "--out", str(tmp_path / "a"), "--name", "run"]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--name", "run", "--stop-after", "1"]) == 0
     assert not (tmp_path / "b" / "run" / "manifest.json").exists()
+    assert (tmp_path / "b" / "run" / CHECKPOINT_FILE).is_file()
     assert main([*args, "--out", str(tmp_path / "b"), "--name", "run", "--resume"]) == 0
+    assert not (tmp_path / "b" / "run" / CHECKPOINT_FILE).exists()
     full = load_file(str(tmp_path / "a" / "run" / "weights.safetensors"))
     resumed = load_file(str(tmp_path / "b" / "run" / "weights.safetensors"))
     assert full.keys() == resumed.keys()

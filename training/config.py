@@ -115,7 +115,9 @@ class TrainConfig:
     amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported, else fp16 + scaler)")
     threads: int = _f(0, "torch intra-op threads per process (0: leave as is)")
     eval_every: int = _f(1, "evaluate every N epochs (the last epoch always)")
-    resume: bool = _f(False, "continue from OUT/NAME/checkpoint.pt if present")
+    resume: bool = _f(
+        False, "continue an unfinished run from OUT/NAME/checkpoint.pt (a finished run has none)"
+    )
     stop_after: int = _f(0, "end this invocation after N epochs (continue later with --resume)")
     progress: bool = _f(True, "show progress bars")
 

@@ -55,7 +55,8 @@ __all__ = [
 
 log = logging.getLogger("training")
 
-# The resume checkpoint and the per-epoch log in OUT/NAME/, beside the bundle.
+# The resume checkpoint in OUT/NAME/ while a run is unfinished; removed once the bundle is
+# written (it is no part of the bundle).
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 
@@ -441,6 +442,9 @@ def train(cfg: TrainConfig) -> Path | None:
             metrics=metrics,
             extra=extra,
         )
+        # The run is complete: the resume checkpoint (optimizer state, about 3x the weights)
+        # is no part of the bundle.
+        ckpt_path.unlink(missing_ok=True)
         log.info("bundle written to %s (top1 %.3f)", bundle_dir, metrics.get("top1", float("nan")))
         out = bundle_dir
     _barrier(ctx)
