@@ -14,7 +14,7 @@ __all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "remove_stale_tem
 TMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write ``path`` through a temp file in the same directory, fsync it, then rename.
 
     Args:
@@ -46,7 +46,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """:func:`atomic_write` for an in-memory payload."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return atomic_write(path, write)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

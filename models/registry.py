@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -18,16 +18,19 @@ from models.spec import VariantSpec
 
 __all__ = ["create_model", "get_spec", "list_models", "register_model"]
 
-_Builder = TypeVar("_Builder", bound=Callable[..., nn.Module])
+_Model = TypeVar("_Model", bound=nn.Module)
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _SPECS: dict[str, VariantSpec] = {}
 
 
-def register_model(*, spec: VariantSpec) -> Callable[[_Builder], _Builder]:
+def register_model(
+    *, spec: VariantSpec
+) -> Callable[[Callable[..., _Model]], Callable[..., _Model]]:
     """Register a builder under its function name.
 
-    The builder takes ``spec`` as a keyword; called without one it gets ``spec``.
+    The builder takes ``spec`` as a keyword; the function returned (and registered) passes it
+    ``spec`` unless the caller gives another one, so the builder itself never restates it.
 
     Args:
         spec: The variant's clip shape, sizes, normalisation, sampler and aggregator.
@@ -36,18 +39,18 @@ def register_model(*, spec: VariantSpec) -> Callable[[_Builder], _Builder]:
         ValueError: If a builder of the same name is already registered.
     """
 
-    def _register(fn: _Builder) -> _Builder:
+    def _register(fn: Callable[..., _Model]) -> Callable[..., _Model]:
         name = fn.__name__
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is already registered")
 
         @functools.wraps(fn)
-        def build(*, spec: VariantSpec | None = None, **kwargs: Any) -> nn.Module:
+        def build(*, spec: VariantSpec | None = None, **kwargs: Any) -> _Model:
             return fn(spec=spec or _SPECS[name], **kwargs)
 
         _BUILDERS[name] = build
         _SPECS[name] = spec
-        return cast(_Builder, build)
+        return build
 
     return _register
 
