@@ -3,11 +3,15 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-fast lint format demo demo-train bench clean
+.PHONY: install install-run test test-fast lint format demo demo-train bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# What running needs (the demo); `install` adds the test, lint and plotting tools.
+install-run: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
@@ -30,11 +34,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # The main job: serve the four shipped demo bundles (demo/bundles) and print curl lines.
-demo: install
+demo: install-run
 	$(BIN)/python -m service.quickstart
 
 # The long way: generate Move4Digits, train and export the four demo bundles into store/, serve.
-demo-train: install
+demo-train: install-run
 	$(BIN)/python -m service.quickstart --train
 
 bench: install

@@ -1,10 +1,10 @@
-"""The main job in one command: data, four demo bundles, ONNX, and the server.
+"""The main job in one command: serve the four demo bundles and print curl lines.
 
-``python -m service.quickstart`` generates Move4Digits (``training.synth``) unless it is
-there, trains the demo bundle of each family (``python -m training.run --family F``, demo
-preset) unless it is there, exports each to ONNX (``export.onnx.export_onnx``) unless done,
-then serves the store and prints a ready-to-paste ``curl`` line once ``/readyz`` is 200.
-Run again, it only serves. Every step is the ordinary command a person would type.
+``python -m service.quickstart`` serves the bundles shipped in ``demo/bundles`` (how they were
+made: ``demo/train_bundles.sh``) and prints ready-to-paste ``curl`` lines once ``/readyz`` is
+200. With ``--train`` it takes the long way instead: generate Move4Digits, train the demo
+bundle of each family and export it to ONNX, each only when missing, then serve ``store/``.
+Every step is the ordinary command a person would type.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from pathlib import Path
 
 from models.bundle import is_bundle
 
-__all__ = ["FAMILIES", "bundle_name", "main", "prepare"]
+__all__ = ["DEMO_BUNDLES", "DEMO_VIDEOS", "FAMILIES", "bundle_name", "main", "prepare", "shipped"]
 
 log = logging.getLogger("service.quickstart")
 
 FAMILIES = ("c3d_vll", "attention_lstm", "ms3d", "full_video")
+
+# The demo bundles and example videos shipped with the repository.
+DEMO = Path(__file__).resolve().parents[1] / "demo"
+DEMO_BUNDLES = DEMO / "bundles"
+DEMO_VIDEOS = DEMO / "videos"
 
 
 def bundle_name(family: str, data: Path) -> str:
@@ -112,6 +117,24 @@ def prepare(
     return bundles
 
 
+def shipped(families: Sequence[str] = FAMILIES, store: Path = DEMO_BUNDLES) -> list[Path]:
+    """The shipped demo bundles of ``families``, exported to ONNX if one lacks it.
+
+    Raises:
+        FileNotFoundError: A family's bundle is not in ``store`` (say how to make it).
+    """
+    bundles = [store / bundle_name(f, Path("move4digits")) for f in families]
+    missing = [b.name for b in bundles if not is_bundle(b)]
+    if missing:
+        raise FileNotFoundError(
+            f"no demo bundle {', '.join(missing)} in {store}; make them with "
+            "`bash demo/train_bundles.sh` or train into store/ with `make demo-train`"
+        )
+    for bundle in bundles:
+        _ensure_onnx(bundle)
+    return bundles
+
+
 def _announce_when_ready(host: str, port: int, video: Path, models: list[str]) -> None:
     """Print the curl lines once /readyz answers 200 (models load after the port opens)."""
     shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
@@ -140,12 +163,17 @@ def _announce_when_ready(host: str, port: int, video: Path, models: list[str]) -
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.quickstart",
-        description="Generate Move4Digits, train and export the four demo bundles (each only "
-        "when missing), then serve them.",
+        description="Serve the four shipped demo bundles; with --train, generate Move4Digits, "
+        "train and export the four demo bundles (each only when missing) into --store first.",
         allow_abbrev=False,
     )
+    parser.add_argument(
+        "--train", action="store_true", help="train the bundles instead of serving the shipped ones"
+    )
     parser.add_argument("--data", type=Path, default=Path("data/move4digits"))
-    parser.add_argument("--store", type=Path, default=Path("store"))
+    parser.add_argument(
+        "--store", type=Path, default=None, help="bundle store (default: demo/bundles, or store/)"
+    )
     parser.add_argument("--per-class", type=int, default=60, help="videos per class to generate")
     parser.add_argument(
         "--families", default=",".join(FAMILIES), help="comma-separated families to train and serve"
@@ -169,24 +197,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
-    bundles = prepare(
-        args.data,
-        args.store,
-        families=families,
-        per_class=args.per_class,
-        train_args=args.train_arg,
-    )
+    if args.train:
+        store = args.store or Path("store")
+        bundles = prepare(
+            args.data,
+            store,
+            families=families,
+            per_class=args.per_class,
+            train_args=args.train_arg,
+        )
+        video = _sample_video(args.data).resolve()
+    else:
+        store = args.store or DEMO_BUNDLES
+        try:
+            bundles = shipped(families, store)
+        except FileNotFoundError as err:
+            parser.exit(2, f"{parser.prog}: {err}\n")
+        video = min(DEMO_VIDEOS.glob("*.mp4"))
     names = [b.name for b in bundles]
     if args.no_serve:
-        print(json.dumps({"store": str(args.store), "bundles": names}))
+        print(json.dumps({"store": str(store), "bundles": names}))
         return 0
     from service.__main__ import serve
 
-    video = _sample_video(args.data).resolve()
     threading.Thread(
         target=_announce_when_ready, args=(args.host, args.port, video, names), daemon=True
     ).start()
-    serve({"store": args.store, "host": args.host, "port": args.port, "default_model": names[0]})
+    serve({"store": store, "host": args.host, "port": args.port, "default_model": names[0]})
     return 0
 
 
