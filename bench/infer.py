@@ -7,13 +7,12 @@ weights), exported with :func:`export.onnx.export_network` exactly as ``python -
 does, and both backends run the same ``(clips, 3, T, H, W)`` batch in one process, one after
 the other, with the same number of threads (PyTorch intra-op threads and ONNX Runtime
 ``intra_op_num_threads``). Figures are clips/s from the median of ``--repeats`` timed runs
-after one warm-up run; ``ratio`` is ONNX Runtime over eager. Target (issue 5): ratio >= 1.3 for
-the paper-size ``c3d_vll`` (16 x 112 x 112 clips).
+after one warm-up run; ``ratio`` is ONNX Runtime over eager. Target: ratio >= 1.3 for the
+paper-size ``c3d_vll`` (16 x 112 x 112 clips).
 
 Default models: the paper-size ``c3d_vll``, ``ms3d`` and ``full_video`` (TSM ResNet-18 at 224,
 ``--frames`` frames per video) and ``attention_lstm_tiny``: the paper-size attention network
-(VGG16 at 224 on 30-frame clips, about 0.5 TFLOP per clip) takes minutes per timed run on two
-cores.
+(VGG16 at 224 on every frame of 30-frame clips) takes minutes per timed run on two cores.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Model figures: parameters and FLOPs per video for every registered variant, and the
-full-video paper's cost claims (paper 003, ``papers/003_9ed3c60eac2eb6a4.txt``, Table 1).
+cost claims of the full-video paper's Table 1 (the paper is cited in models/full_video.py).
 
 Run ``python bench/models.py`` (``make bench``). Three tables:
 
@@ -50,7 +50,8 @@ REFERENCE_SECONDS = 10.0
 REFERENCE_FPS = 25
 REFERENCE_FRAMES = int(REFERENCE_SECONDS * REFERENCE_FPS)
 
-# Paper 003, Table 1 (Move4MNIST, TSM ResNet-18, 32-frame videos): "FLOPs / Video" in G.
+# The full-video paper, Table 1 (Move4MNIST, TSM ResNet-18, 32-frame videos): "FLOPs / Video"
+# in G.
 PAPER_TABLE1 = {
     "TSM 8 frames": 14.56,
     "TSM 16 frames": 29.12,
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\n== full_video (TSM ResNet-18, {args.size}x{args.size}) on a {args.frames}-frame "
-        "video; paper 003 Table 1 =="
+        "video; full-video paper, Table 1 =="
     )
     t1 = table1_rows(args.frames, args.size)
     _print_table(

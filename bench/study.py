@@ -29,12 +29,13 @@ DATASETS = {
     # name: (generator --classes, videos per class, frames per video)
     "4": ("4", 40, 32),
     "extended": ("extended", 30, 32),
-    # 64-frame videos hold m = 4 clips of 16: with m = 2 the error branch of paper 000 Eq. 6
+    # 64-frame videos hold m = 4 clips of 16: with m = 2 the error branch of the c3d_vll paper's
+    # Eq. 6
     # equals the pairwise distance, so full CCL cannot differ from CCL-euclidean on "4".
     "4-long": ("4", 40, 64),
 }
 # Families run on each dataset (default: all).
-DATASET_FAMILIES = {"4-long": ("c3d_vll",)}
+ONLY_ON_DATASET = {"4-long": ("c3d_vll",)}
 COMMON = ["--preset", "demo", "--workers", "0", "--threads", "2", "--progress", "false"]
 
 # (family, configuration name, extra flags): one row of a paper's comparison each.
@@ -58,10 +59,10 @@ EPOCHS = {"c3d_vll": 10, "full_video": 10, "attention_lstm": 40, "ms3d": 15}
 NOTES_MARKER = "<!-- notes: kept by bench/study.py report -->"
 
 TITLES = {
-    "c3d_vll": "c3d_vll: clip-level vs video-level training (paper 000 Table 1)",
-    "full_video": "full_video: sub-sampling vs clustering all frames (paper 003 Table 1)",
-    "attention_lstm": "attention_lstm: early vs late fusion (paper 001 Table 4)",
-    "ms3d": "ms3d: nearest-centre accuracy and open-set rejection (paper 002)",
+    "c3d_vll": "c3d_vll: clip-level vs video-level training (its paper's Table 1)",
+    "full_video": "full_video: sub-sampling vs clustering all frames (its paper's Table 1)",
+    "attention_lstm": "attention_lstm: early vs late fusion (its paper's Table 4)",
+    "ms3d": "ms3d: nearest-centre accuracy and open-set rejection (its paper's Section III.D)",
 }
 
 
@@ -134,7 +135,7 @@ def run(families: list[str] | None, datasets: list[str], seeds: list[int]) -> No
             for family, config, flags in CONFIGS:
                 if families and family not in families:
                     continue
-                if family not in DATASET_FAMILIES.get(dataset, (family,)):
+                if family not in ONLY_ON_DATASET.get(dataset, (family,)):
                     continue
                 run_id = f"{dataset}-{family}-{config}-s{seed}".replace(" ", "_").replace("/", "_")
                 if run_id in done:
@@ -189,6 +190,9 @@ def report() -> None:
         "class); `extended` = 12 motion classes x 30 videos; `4-long` = the 4 classes with",
         "64-frame videos (4 clips each, c3d_vll only). All videos are 32 frames unless said.",
         "Orderings are reported as they came out, including those that do not match the papers.",
+        "Each family's paper is cited at the top of its module (`models/c3d_vll.py`,",
+        '`models/full_video.py`, `models/attention_lstm.py`, `models/ms3d.py`); "its paper"',
+        "below means that one.",
         "",
     ]
     for family in EPOCHS:

@@ -1,16 +1,14 @@
 """The GPU kernel behind the ``TemporalCluster`` TensorRT plugin, testable without TensorRT.
 
-Paper: Liu et al., "No frame left behind: Full Video Action Recognition" (CVPR 2021),
-``papers/003_9ed3c60eac2eb6a4.txt``, Section 3.3. The reference is
-:func:`models.clustering.temporal_cluster`; this module computes the same values on a CUDA
-device, on the caller's current stream (the plugin wraps TensorRT's stream in
-``torch.cuda.ExternalStream``):
+Computes :func:`models.clustering.temporal_cluster` (the full-video clustering; the paper is
+cited in :mod:`models.full_video`) on a CUDA device, on the caller's current stream (the plugin
+wraps TensorRT's stream in ``torch.cuda.ExternalStream``):
 
 1. Neighbour Hamming counts of the sign bits: one pass over the activations, by a Triton
    kernel when Triton is importable (it is the only step that reads all ``N * T * C * H * W``
    values), else by the reference's torch ops.
 2. The cluster assignment on the ``(N, T - 1)`` distances: the reference functions of
-   :mod:`models.clustering` (a few dozen tiny torch ops).
+   :mod:`models.clustering`.
 3. The means: one batched matmul of the ``(N, g, T)`` averaging matrix with the activations,
    written into the caller's output buffer.
 """

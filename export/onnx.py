@@ -3,28 +3,14 @@
 ``python -m export.onnx --bundle DIR [--opset N] [--video FILE] [--tolerance X]`` writes
 ``DIR/model.onnx`` and records it in the bundle's manifest (checksum, opset, input/output names
 and shapes, dynamic axes, the ONNX Runtime vs PyTorch difference). The graph has one input
-``input`` (float32 ``(N, 3, T, H, W)``, normalised clips as :func:`models.pipeline.prepare_inputs`
-makes them) and one output ``output``, exactly what the eval-mode PyTorch forward returns:
-logits ``(N, C)`` for ``c3d_vll`` and ``full_video``, step logits ``(N, T, C)`` for
-``attention_lstm``, embeddings ``(N, D)`` for ``ms3d`` (its repository stays a separate file).
-``N`` is dynamic for every family; ``T`` also for ``full_video``.
+``input`` (normalised clips, as :func:`models.pipeline.prepare_inputs` makes them) and one
+output ``output``, exactly what the eval-mode PyTorch forward returns; ``N`` is dynamic for
+every family, ``T`` also for ``full_video``.
 
-The full-video clustering (paper ``003_9ed3c60eac2eb6a4.txt``, Section 3.3) becomes one node
-``actrec::TemporalCluster`` with attributes ``num_clusters``, ``method`` and
-``plugin_namespace``. A model-local ONNX function of the same name and domain holds its
-standard-op decomposition (Greater for the sign bits, Xor and ReduceSum for the neighbour
-Hamming distance, CumSum, Floor and Clip, Equal against the cluster indices, MatMul for the
-means), traced from :func:`models.clustering.temporal_cluster` itself. ONNX Runtime runs the
-same file through the function; TensorRT's parser maps the node to the plugin of
-:mod:`export.plugin` when that plugin is registered (a node carrying ``plugin_namespace`` goes
-to a registered plugin first, else to the local function).
-
-Exporter: the TorchScript exporter (``dynamo=False``). It emits the custom node straight from a
-``symbolic`` and keeps the frame axis symbolic through the slices of the TSM shift; the
-``torch.export`` exporter of this PyTorch needs an ``onnxscript`` translation for a custom
-domain op, which its inlining pass rejects here (onnxscript 0.7), and it traces
-``full_video_tiny`` in about 4 s against 0.5 s. The graph is then constant-folded with
-``onnxscript.optimizer`` (946 -> 373 nodes for ``full_video_tiny``).
+The full-video clustering becomes one ``actrec::TemporalCluster`` node backed by a
+model-local ONNX function traced from :func:`models.clustering.temporal_cluster`, which
+TensorRT can map to the plugin of :mod:`export.plugin`. The graph, the exporter choice and
+the figures: docs/export.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """The ``TemporalCluster`` TensorRT plugin (``tensorrt.plugin``, TensorRT 10.x).
 
-Paper: Liu et al., "No frame left behind: Full Video Action Recognition" (CVPR 2021),
-``papers/003_9ed3c60eac2eb6a4.txt``, Section 3.3: frames are cut into ``g`` temporal clusters
-by the Hamming distance of their sign-binarised activations and averaged per cluster.
+The full-video clustering (:func:`models.clustering.temporal_cluster`; the paper is cited in
+:mod:`models.full_video`) as a plugin for the ``actrec::TemporalCluster`` node that
+:mod:`export.onnx` writes. :func:`register` makes TensorRT's ONNX parser map that node to the
+plugin instead of expanding its ONNX function; call it before parsing (``export.trt``) and
+before deserialising an engine (``export.trt_runtime``, the service). The implementation runs
+:func:`export._kernels.temporal_cluster_cuda` on TensorRT's stream. ``tensorrt`` is imported
+only inside :func:`register`.
 
-The exported ONNX graph (:mod:`export.onnx`) holds the clustering as one node
-``actrec::TemporalCluster`` with attributes ``num_clusters``, ``method`` and
-``plugin_namespace="actrec"``. TensorRT's ONNX parser maps a node that carries
-``plugin_namespace`` to a registered plugin of that name and namespace, and otherwise expands
-the model-local function of the same name; :func:`register` makes the first happen. Call it
-before parsing the ONNX (``export.trt``) and before deserialising an engine
-(``export.trt_runtime``, the service): a plan built with the plugin needs the same
-``register``/``impl`` definitions in the loading process.
-
-The implementation (``trtp.impl``) runs :func:`export._kernels.temporal_cluster_cuda` (a Triton
-kernel for the Hamming counts, torch ops for the assignment and the means) on TensorRT's stream
-through ``torch.cuda.ExternalStream``; ``trtp.autotune`` offers FP32 and FP16 with linear
-layout. ``tensorrt`` is imported only inside :func:`register`.
+Details: docs/export.md#the-temporalcluster-plugin.
 """
 
 # No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the annotations of

@@ -1,23 +1,13 @@
 """Build a TensorRT 10.x engine from a bundle's ONNX, with the clustering as a plugin.
 
-``python -m export.trt --bundle DIR [--fp16] [--workspace-gb N] [--max-frames N]`` parses
-``DIR/model.onnx`` (written by :mod:`export.onnx`), registers the ``TemporalCluster`` plugin
-first (:mod:`export.plugin`; paper ``003_9ed3c60eac2eb6a4.txt``, Section 3.3) so the
-full-video clustering node runs as that plugin rather than its ONNX function, builds one
-optimisation profile from the dimension ranges the manifest records for ``model.onnx``
-(clips per batch; frames for ``full_video``), and writes ``DIR/model.<gpu-name>.plan``
-atomically, recorded in the manifest with the GPU, the TensorRT version, the precision and the
-profile. The builder's timing cache is kept beside the bundle
-(``<store>/<bundle>.<gpu-name>.timing-cache``) so rebuilds skip the kernel timing.
-
-Precision: FP32 engines use a strongly typed network (TensorRT takes every type from the ONNX,
-which is float32). ``--fp16`` builds a weakly typed network with the FP16 builder flag, letting
-TensorRT choose FP16 kernels per layer (the plugin advertises FP32 and FP16); TensorRT 10.12+
-marks weak typing deprecated but still builds it, and the manifest records ``"precision"`` and
-``"strongly_typed"``.
+``python -m export.trt --bundle DIR [--fp16] [--workspace-gb N] [--max-frames N]`` registers
+the ``TemporalCluster`` plugin (:mod:`export.plugin`), parses ``DIR/model.onnx``, builds one
+optimisation profile from the dimension ranges the manifest records, and writes
+``DIR/model.<gpu-name>.plan`` atomically, recorded in the manifest (GPU, TensorRT version,
+precision, profile). The builder's timing cache is kept beside the bundle.
 
 ``tensorrt`` is imported lazily; without it the command exits with status 2 and one line
-saying what to install.
+saying what to install. Precision and profiles: docs/export.md#tensorrt.
 """
 
 from __future__ import annotations

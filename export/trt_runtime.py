@@ -2,8 +2,7 @@
 
 The plan of a bundle is built per GPU model by ``python -m export.trt`` and named
 :func:`plan_name` of the device name. :class:`TrtEngine` registers the ``TemporalCluster``
-plugin (:mod:`export.plugin`; the full-video clustering of Liu et al., CVPR 2021,
-``papers/003_9ed3c60eac2eb6a4.txt``) before deserialising, so ``full_video`` engines load too.
+plugin (:mod:`export.plugin`) before deserialising, so ``full_video`` engines load too.
 ``tensorrt`` is imported lazily: this module imports on machines without it.
 """
 

@@ -4,16 +4,16 @@ Pure tensor functions shared by training evaluation and the service, so a video 
 answer in both. Each returns a :class:`VideoScores`: a score per class for reporting, the
 class ranking (best first), and the family detail (votes, mean probabilities, distances).
 
-- :func:`majority_vote` (c3d_vll, paper 000 Section 4.1): vote of the clips' argmax; ties
+- :func:`majority_vote` (c3d_vll; its paper's Section 4.1): vote of the clips' argmax; ties
   broken by the mean softmax probability; top-5 by votes, then mean probability.
 - :func:`mean_prob`: mean softmax over inputs (full_video's single pass, TSN-style baselines).
-- :func:`last_steps_vote` (attention_lstm, paper 001): per clip, the vote of the per-step
-  argmax over its last L2 steps; per video, the vote over clips.
-- :func:`nearest_centre` (ms3d, paper 002): nearest class centre in the repository; a distance
-  of at least gamma means ``unknown``.
+- :func:`last_steps_vote` (attention_lstm): per clip, the vote of the per-step argmax over its
+  last L2 steps; per video, the vote over clips.
+- :func:`nearest_centre` (ms3d): nearest class centre in the repository; a distance of at
+  least gamma means ``unknown``.
 
 Remaining ties (equal votes and equal mean probability, or equal distance) go to the lower
-class index, so every ranking is deterministic.
+class index, so every ranking is deterministic. The papers are cited in their family modules.
 """
 
 from __future__ import annotations

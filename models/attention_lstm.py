@@ -1,16 +1,14 @@
 """Multi-level VGG16 features, 3D convolutions and a soft-attention joint LSTM.
 
-Paper: "Attention-based multi-level deep supervised network for action recognition" (BMVC
-2016 submission, ``papers/001_287685b73eb9675a.txt``). Each frame goes through the VGG16
-convolutional layers (the *pre-conv net*); two levels are tapped (pool4 and conv5_3). Each level
-is a feature cube over time that a two-layer 3D convnet turns into short-term features (Section
-3.2). A *joint LSTM* (Section 3.3) reads all levels at every step: a soft attention over the
-K x K grid, predicted from the previous hidden state, pools each level into a spatial-pyramid
-vector (Section 3.4), and per-input sub-gates fuse the levels, either early or late. The
-3D-conv branches are trained with deep supervision (2 FC + softmax per level) and an attention
-regulariser (the loss lives in :mod:`training.losses.attention`).
+Paper: J. Wu, G. Wang, W. Yang, X. Ji, "Action Recognition with Joint Attention on Multi-Level
+Deep Features", arXiv:1607.02556 (2016).
 
-Equations implemented (paper Section 3.3; ``k`` indexes the inputs, i.e. the tapped levels)::
+VGG16 runs on every frame and is tapped at two levels; a 3D convnet per level turns the
+feature cube into short-term features, and a joint LSTM reads all levels at each step through
+a soft attention over each level's grid and a spatial pyramid. The training loss (deep
+supervision and attention regulariser) is :mod:`training.losses.attention`.
+
+Equations (the paper's Section 3.3; ``k`` indexes the tapped levels)::
 
     i_k = tanh(W_xik x_k + W_hik h_{t-1} + b_ik)      (likewise f_k, o_k)
     i   = sigma(sum_k W_iik i_k)                      (likewise f from f_k, o from o_k)
@@ -19,37 +17,7 @@ Equations implemented (paper Section 3.3; ``k`` indexes the inputs, i.e. the tap
     c_t = f * c_{t-1} + i * c~,   h_t = o * tanh(c_t)
     att_{t,i} = softmax_i(W_att,i^T h_{t-1}),  x_k = pyramid(sum_i att_{t,i} X_{k,t,i})
 
-Where the paper is open or inconsistent, this module decides (``FAMILIES.md`` first):
-
-- The paper prints ``f = sigma(sum_k W_ffk i_k)`` and ``o = sigma(sum_k W_ook i_k)``; that is read
-  as a typo for ``f_k`` and ``o_k`` (otherwise the forget and output sub-gates are unused). The
-  final-gate sums have no bias, as printed.
-- Sub-gates live in the input's own space (``i_k`` has the dimension of ``x_k``), and
-  ``W_iik``, ``W_xck`` map that space to the hidden size. This is the only reading under which
-  the late-fusion product ``x_k * i_k`` is defined when the input size differs from the hidden
-  size (here the pyramid vector is ``5 * C`` wide).
-- Only the first LSTM layer is the joint cell; layers 2..L are standard LSTM cells (paper
-  Section 2.2) stacked on it. Attention is predicted from the *top* layer's ``h_{t-1}`` (as in
-  the soft-attention model the paper builds on); ``h_0 = c_0 = 0``, and the attention has no
-  bias, as printed, so the first step attends uniformly.
-- One attention map per level (its own ``W_att``) by default, so levels with different grids
-  work; ``shared_attention=True`` uses one map for all levels (the single attention row of the
-  paper's Figure 2), which needs equal grids.
-- Spatial pyramid: ``[full, top-left, top-right, bottom-left, bottom-right]``, each the
-  attention-weighted *sum* over its cells (not re-normalised per quadrant, so how much attention
-  a quadrant holds is kept). For an odd grid side the centre row/column belongs to both halves.
-- The 3D convs use padding 1 (time and space kept), so the LSTM runs one step per frame; each is
-  followed by ReLU, which makes the features non-negative so that the paper's energy ratio is a
-  distribution over the grid.
-- Normalised energy (the regulariser's left-hand side): ``e_{t,i} = sum_c x_{t,i,c} /
-  sum_j sum_c x_{t,j,c}`` over the 3D-conv output of a level, returned as ``(N, T, K*K)``.
-- Deep supervision is per step: the 3D-conv features of a step are averaged over space and go
-  through FC-ReLU-FC, giving ``(N, T, num_classes)`` per level (the paper's formula does not say
-  whether the 3D-conv softmax is per step or per clip; per step matches the LSTM loss).
-- Taps are taken after the ReLU (``conv5_3`` means relu5_3), as Caffe's in-place ReLU gives.
-- No pretrained weights can be downloaded: the VGG part is trained from scratch unless a local
-  VGG16 state dict in torchvision's key layout is given (``vgg_weights``). Such weights expect
-  ImageNet normalisation, so the variants' defaults use ImageNet mean and std.
+Design choices: docs/models.md#attention_lstm.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
-"""C3D-style network trained with the video-level loss (VLL).
+"""C3D-style clip network trained with the video-level loss: the ``c3d_vll`` family.
 
-Paper: Shi et al., video-level learning with a consistent constraint loss, EURASIP Journal on
-Image and Video Processing (2020) 2020:35 (``papers/000_7f13f71ccf3971c7.txt``): five 3x3x3
-convolutions, each followed by max pooling, two fully connected layers and a softmax
-classifier (Section 3.2, Fig. 3), trained either clip by clip or a whole video at a time with
-the loss in :mod:`training.losses.vll`.
+Paper: Q. Shi, H.-B. Zhang, H.-T. Ren, J.-X. Du, Q. Lei, "Consistent constraint-based
+video-level learning for action recognition", EURASIP Journal on Image and Video Processing
+2020:35, doi:10.1186/s13640-020-00519-1.
 
-What the paper leaves open follows ``FAMILIES.md``: conv widths 64, 128, 256, 256, 256; pool1
-is 1x2x2 (keeps time), pools 2-5 are 2x2x2 with ceil rounding, so a 16x112x112 clip ends as
-256x1x4x4 = 4096 features; fc6 and fc7 have ``fc_dim`` units (4096 as the authors' code);
-dropout 0.05. ``norm=True`` adds BatchNorm after each convolution (not in the paper; the
-CPU-sized variant uses it because the plain stack trained from scratch sits at chance for a
-seed-dependent number of epochs, which swamps the loss comparisons). A video is split into
-consecutive non-overlapping 16-frame clips and the clip predictions are combined by majority
-vote (:func:`models.aggregators.majority_vote`).
+Five 3x3x3 convolutions with max pooling, fc6, fc7 and a classifier over one clip (the paper's
+Section 3.2, Fig. 3), trained clip by clip or a video at a time with
+:mod:`training.losses.vll`; a video's clips are combined by
+:func:`models.aggregators.majority_vote`.
+
+Design choices: docs/models.md#c3d_vll.
 """
 
 from __future__ import annotations

@@ -1,34 +1,13 @@
 """Temporal clustering of frame activations for full video recognition.
 
-Paper: Liu et al., "No frame left behind: Full Video Action Recognition" (CVPR 2021),
-``papers/003_9ed3c60eac2eb6a4.txt``, Section 3.3 and Figure 3.
+The full-video paper (cited in :mod:`models.full_video`), Section 3.3 and Figure 3: frames are
+compared by the Hamming distance of their sign-binarised activations, the video is cut into
+``g`` contiguous clusters (cumulative or slope clustering, uniform segments as the baseline)
+and each cluster is replaced by the mean of its activations.
 
-Frames are compared through the Hamming distance of their sign-binarised activations; the
-video is cut into ``g`` contiguous clusters (cumulative or slope clustering, uniform segments as
-the baseline) and each cluster is replaced by the mean of its activations.
-
-Everything here is a pure function of tensors built from tensor operations only: no
-``.item()``, no Python branch or loop on tensor values (the only loops run over the static
-``num_clusters``). So the functions trace into an ONNX graph whose number of frames stays
-dynamic, and they run unchanged on the ``meta`` device (checked against ONNX Runtime with
-both of ``torch.onnx.export``'s exporters, TorchScript at opset 17 and dynamo). The one branch,
-in :func:`hamming_distances`, is on ``torch.onnx.is_in_onnx_export()`` and computes the same
-values. All functions take any number of leading batch dimensions; time is the last axis of
-distances and assignments.
-
-Conventions settled here (``FAMILIES.md`` leaves them open):
-
-* A cluster assignment holds one id per frame; ids are contiguous, start at 0 and never
-  decrease in time, and every id below ``min(T, num_clusters)`` is used.
-* ``T >= g`` always yields exactly ``g`` non-empty clusters. Where a rule leaves an id empty
-  (the cumulative distance jumps over a whole segment), the ids are first renumbered
-  densely and then, once per missing cluster, the longest cluster (the earliest one on a tie)
-  is split in two: its first ``ceil(L / 2)`` frames keep the id, the rest take the next one.
-* ``T < g``: every frame is its own cluster (ids ``0..T-1``) and :func:`cluster_means`
-  repeats clusters up to ``g`` outputs, output ``j`` taking cluster ``floor(j * k / g)`` with
-  ``k`` the number of clusters; for ``T < g`` that is frame ``floor(j * T / g)``.
-* A video whose distances are all zero (e.g. a still image) falls back to uniform segments,
-  in the cumulative and in the slope mode alike.
+Pure functions built from tensor operations only, so they trace into ONNX with a dynamic
+number of frames and run on the ``meta`` device. Conventions (ids, empty clusters, fewer
+frames than clusters, still videos): docs/models.md#full_video.
 """
 
 from __future__ import annotations
@@ -162,7 +141,7 @@ def cumulative_clusters(distances: Tensor, num_clusters: int) -> Tensor:
     With ``C_i`` the distance accumulated from the first frame to frame ``i`` (``C_0 = 0``) and
     ``C_N`` the total, frame ``i`` goes to ``min(floor(g * C_i / C_N), g - 1)``: the total
     cumulative distance is cut into ``g`` equal parts. Empty parts are refilled by splitting the
-    longest cluster (module docstring); a zero total gives uniform segments.
+    longest cluster (docs/models.md#full_video); a zero total gives uniform segments.
 
     Args:
         distances: ``(..., T - 1)`` non-negative distances between consecutive frames.

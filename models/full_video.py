@@ -1,25 +1,16 @@
-"""Full video action recognition: a TSM ResNet that clusters all frames after its first stage.
+"""Full video recognition: a TSM ResNet that clusters all frames after its first stage.
 
-Paper: Liu et al., "No frame left behind: Full Video Action Recognition" (CVPR 2021),
-``papers/003_9ed3c60eac2eb6a4.txt``. Backbone: TSM (Lin et al., ICCV 2019) on ResNet-18 /
-ResNet-50, written here from scratch.
+Paper: X. Liu, S. L. Pintea, F. Karimi Nejadasl, O. Booij, J. C. van Gemert, "No frame left
+behind: Full Video Action Recognition", CVPR 2021, arXiv:2103.15395.
+Backbone: J. Lin, C. Gan, S. Han, "TSM: Temporal Shift Module for Efficient Video
+Understanding", ICCV 2019, arXiv:1811.08383; ResNet-18 / ResNet-50, written here from scratch.
 
-Data path for a batch of ``N`` videos of ``T`` frames each, ``x`` of shape ``(N, 3, T, H, W)``:
+``stem`` and ``layer1`` run on every frame; the layer1 activations of each video are cut into
+``g`` temporal clusters (:mod:`models.clustering`) and replaced by the cluster means, which
+``layer2``..``layer4`` treat as the video's segments. ``clustering="none"`` is plain TSM (the
+"TSM all" and "TSM-k" baselines).
 
-1. ``stem`` and ``layer1`` run on all ``N * T`` frames as one 2D batch.
-2. Per video, the ``T`` layer1 activations are cut into ``g`` temporal clusters
-   (:mod:`models.clustering`: cumulative by default, slope, or uniform segments) and each
-   cluster is replaced by its mean activation.
-3. ``layer2`` .. ``layer4`` run on the ``g`` cluster means; their temporal shift treats the
-   ``g`` means as the video's segments.
-4. Global average pooling, the mean over segments (TSN consensus), dropout and ``head``.
-
-``clustering="none"`` skips step 2: plain TSM with every given frame as a segment. With the
-``"all"`` sampler that is the paper's "TSM all" baseline; with the ``"uniform"`` sampler of ``k``
-segments it is "TSM-k" (the ``*_tsm`` variants below).
-
-Between blocks activations keep the shape ``(N, T, C, H, W)``, so every block reads its
-number of segments from its input; convolutions see ``(N * T, C, H, W)``.
+Design choices: docs/models.md#full_video.
 """
 
 from __future__ import annotations

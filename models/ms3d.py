@@ -1,34 +1,16 @@
-"""MS3D: Multi-Clue Sparse 3D ConvNet (paper 002_313c25135d55eaeb, Man, Zou and Li).
+"""MS3D, the multi-clue sparse 3D ConvNet: a p(z) walk in, a unit-norm embedding out.
 
-A video walk sampled by the frame-difference distribution ``p(z)`` (Eq. 1, in
-:mod:`video.sampling`) arrives as one tensor ``(N, 3, n1 + n2 + n3, H, W)``: the slow, mid and
-fast pathway frames concatenated along time. The network
+Paper: H. Man, D. Zou, T. Li, "The Action Recognition with Multi-Clue Sparse 3-Dimensional
+Convolutional Networks" (Inspur Electronic Information Industry); no arXiv or DOI identifier
+is known to us.
 
-1. applies a fixed, seeded bank of ``s x s x 3`` kernels (``s x s`` spatial over the 3 colour
-   channels, i.e. frame by frame) to every frame -- "this part is fixed with no training";
-2. convolves each pathway with its own 3D kernel (``3x3x3``, ``5x5x3``, ``7x7x3`` spatial x
-   spatial x time) and concatenates the three pathway outputs along time;
-3. runs a sparse DenseNet3D (Eq. 2-3): layer ``l`` always sees layer ``l - 1`` and a random
-   subset of the earlier layers (block input included), each kept with probability
-   ``1 - drop_rate``; the subset is drawn once from ``connectivity_seed`` so the graph is static;
-4. pools and projects to a 256-d, L2-normalised embedding, trained with the N-pair loss
-   (:mod:`training.losses.npair`) and judged against class centres
-   (:mod:`models.repository`).
+A walk from :func:`video.sampling.pathway_walk` holds the slow, mid and fast pathway frames one
+after the other in time. A fixed, seeded kernel bank runs on every frame, each pathway has its
+own 3D convolution, and a sparse DenseNet3D (Eq. 2-3) ends in a 256-d L2-normalised
+embedding, trained with :mod:`training.losses.npair` and judged against the class centres of
+:mod:`models.repository`.
 
-Decisions where the paper is open (see FAMILIES.md, section ms3d):
-
-* The bank's third dimension is read as the colour depth of an RGB frame, so the bank is a
-  per-frame 2D convolution (a ``(1, s, s)`` Conv3d). Its kernels are standard-normal draws from
-  ``bank_seed``, each scaled to unit L2 norm, stored as a buffer (saved, never trained).
-* Eq. 4 initialises every trainable 3D kernel of temporal depth ``d`` from a 2D kernel
-  ``w^{p,q}``: the centre tap gets ``(2d - 1) / d`` and every other tap ``-1 / d``. The
-  factors sum to 1, so a static clip gives the 2D kernel's response (as in I3D's inflation)
-  plus a temporal-difference term. We read the paper's ``d = 1`` condition with Eq. 3's
-  0-based tap index ``r``: tap 1 is the centre of the 3-deep kernels the paper uses, and for
-  ``d = 1`` the single tap gets ``(2 - 1) / 1 = 1``. ``w^{p,q}`` is a He-normal 2D draw.
-* Dense layers are DenseNet-BC layers (BN-ReLU-Conv1x1x1 bottleneck, BN-ReLU-Conv3x3x3 with
-  ``growth_rate`` outputs); a block's output concatenates its input and every layer output;
-  transitions are BN-ReLU-Conv1x1x1 (``compression``) and 2x2x2 average pooling.
+Design choices: docs/models.md#ms3d.
 """
 
 from __future__ import annotations

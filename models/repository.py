@@ -1,21 +1,12 @@
-"""The MS3D class-centre repository (paper 002_313c25135d55eaeb, Sections III.C-D, Eq. 6).
+"""The MS3D class-centre repository: centres, the rejection threshold gamma, persistence.
 
-Each class ``i`` is summarised by the mean of the embeddings of ``w`` of its videos, each walked
-``p`` times through the p(z) sampler (Eq. 6): ``Z_i = 1 / (w p) sum_m sum_n Phi(M_imn)``. The
-repository keeps the number of embeddings behind every centre, so a class can be added, or
-refined with more videos, later without retraining: the centre is a running mean weighted by
-the counts. A video is judged by the nearest centre; if that distance is at least ``gamma``
-the answer is ``unknown`` (Section III.D). ``gamma`` is given, or calibrated as a percentile of
-held-out in-class distances.
+The MS3D paper (cited in :mod:`models.ms3d`), Sections III.C-D and Eq. 6: each class is the
+running mean of its videos' walk embeddings, a video is judged by the nearest centre, and a
+distance of at least ``gamma`` answers ``unknown``. Judgement and calibration both go through
+:func:`models.aggregators.nearest_centre`. Stored as ``repository.safetensors`` in an ms3d
+bundle, written atomically and checked whole on load.
 
-Judgement and calibration both go through :func:`models.aggregators.nearest_centre` (a video's
-walk embeddings averaged and L2-normalised, Euclidean distance to the stored centres), so the
-threshold is calibrated on exactly the distances it is later compared with.
-
-On disk (``repository.safetensors`` of an ms3d bundle): tensors ``centres`` ``(K, D)`` float32,
-``counts`` ``(K,)`` int64 and ``gamma`` (0-d float64, ``inf`` for never-unknown); the class
-names, in index order, are JSON in the metadata. Files are written atomically and checked
-fully on load: an inconsistent file raises :class:`RepositoryError`, never half-loads.
+Design and file format: docs/models.md#ms3d.
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
-"""The MS3D tailor strategy (paper 002_313c25135d55eaeb, Section IV.B, Eq. 7-8).
+"""The MS3D tailor strategy: re-weight each frame around the acting person's box.
 
-Before sampling, each frame is re-weighted around the acting person's bounding box: pixels
-inside the box are enhanced by ``eta`` (Eq. 7), pixels outside decay with their distance to the
-box in bands of 5 pixels, band ``d`` by ``xi ** d`` (Eq. 8) -- a cheap spatial attention that
-damps the static background.
+The MS3D paper (cited in :mod:`models.ms3d`), Section IV.B, Eq. 7-8: pixels inside the box are
+enhanced by ``eta``, pixels outside decay by ``xi ** d`` with their distance band ``d`` to the
+box. Boxes come from a :class:`BoxSource`: :class:`MotionBoxSource` (no weights) or
+:class:`OnnxYoloBoxSource` (a user-supplied YOLO ONNX file).
 
-Conventions settled here (the paper leaves them open):
-
-* A box is ``(x0, y0, x1, y1)`` in pixel coordinates of the frame, pixel ``(x, y)`` covering
-  ``[x, x + 1) x [y, y + 1)``. A pixel is inside when it overlaps the box, i.e. column
-  ``floor(x0) <= x < ceil(x1)`` and row ``floor(y0) <= y < ceil(y1)`` (clipped to the frame).
-* The band index of an outside pixel is ``d = ceil(c / band)``, ``c`` its Chebyshev distance
-  in pixels to the nearest inside pixel: the 5 pixel rings touching the box are band 1 (the
-  paper counts "intervals from inner to outer"), so the bands are rectangular rings.
-* A frame without a box (none found, or the box lies outside the frame) is left unchanged.
-* uint8 frames are scaled in float, rounded to nearest and clipped to ``[0, 255]``; float
-  frames are scaled without clipping.
-* Default factors ``eta = 1.2``, ``xi = 0.9`` are ours (the paper gives no values).
-
-Boxes come from a pluggable :class:`BoxSource`: :class:`MotionBoxSource` (default, no weights:
-the box around pixels whose frame difference exceeds a threshold) or
-:class:`OnnxYoloBoxSource` (a user-supplied YOLO ONNX file, the paper's detector).
+Conventions (box coverage, bands, missing boxes, rounding, default factors):
+docs/models.md#ms3d.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The attention joint-LSTM family (paper 001): model pieces, loss terms, VGG16 weight loading."""
+"""The attention joint-LSTM family: model pieces, loss terms, VGG16 weight loading."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Temporal clustering (paper 003, Section 3.3): hand-computed cases, a plain-Python reference
-on many random inputs, and the ONNX export with a dynamic number of frames."""
+"""Temporal clustering (the full-video paper's Section 3.3): hand-computed cases, a plain-Python
+reference on many random inputs, and the ONNX export with a dynamic number of frames."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from models.clustering import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Plain-Python reference: lists and loops, written from the rules in FAMILIES.md.
+# Plain-Python reference: lists and loops, written from the rules in docs/models.md#full_video.
 
 
 def ref_hamming(frames: list[list[float]]) -> list[float]:

@@ -31,7 +31,7 @@ from models.fileio import sha256_file
 
 # (registry name, constructor kwargs, constant-fold the graph): the unrolled joint LSTM skips
 # the optimizer, which takes ~11 s on its graph and changes nothing ONNX Runtime computes.
-FAMILIES = [
+CASES = [
     ("c3d_vll_tiny", {"num_classes": 4}, True),
     ("attention_lstm_tiny", {"num_classes": 4}, False),
     ("ms3d_tiny", {}, True),
@@ -142,7 +142,7 @@ def test_cluster_function_matches_reference(method: str, num_clusters: int) -> N
 # Whole networks
 
 
-@pytest.mark.parametrize(("name", "kwargs", "optimize"), FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(("name", "kwargs", "optimize"), CASES, ids=[c[0] for c in CASES])
 def test_every_family_exports_and_matches_pytorch(
     tmp_path: Path, name: str, kwargs: dict, optimize: bool
 ) -> None:

@@ -1,4 +1,4 @@
-"""The full-video network (paper 003): TSM shift, shapes, gradients through the cluster means,
+"""The full-video network: TSM shift, shapes, gradients through the cluster means,
 an independent functional re-implementation of the forward pass, registry and ONNX export."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Video-level loss (paper 000, Eq. 3-6) against hand-computed values.
+"""Video-level loss (the c3d_vll paper's Eq. 3-6) against hand-computed values.
 
 Logits are log-probabilities, so each clip's softmax output is exactly the probabilities
 written in the test, and every expected value below is worked out from those by hand.

@@ -1,4 +1,4 @@
-"""MS3D network (paper 002): shapes, the fixed kernel bank, sparse connectivity, Eq. 4 init."""
+"""MS3D network: shapes, the fixed kernel bank, sparse connectivity, Eq. 4 init."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-class N-pair loss and its batch sampler (paper 002 Eq. 5, Sohn 2016)."""
+"""Multi-class N-pair loss and its batch sampler (MS3D's Eq. 5, Sohn 2016)."""
 
 from __future__ import annotations
 

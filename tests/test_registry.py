@@ -11,7 +11,7 @@ import models
 from models import VariantSpec, create_model, get_spec, list_models, register_model
 
 SMALL = [name for name in list_models() if name.endswith("_tiny")]
-FAMILIES = {"c3d_vll", "attention_lstm", "ms3d", "full_video"}
+FAMILY_NAMES = {"c3d_vll", "attention_lstm", "ms3d", "full_video"}
 
 
 def _input_for(name: str, batch: int = 2) -> torch.Tensor:
@@ -26,9 +26,9 @@ def _input_for(name: str, batch: int = 2) -> torch.Tensor:
 
 def test_every_family_has_paper_and_small_variants() -> None:
     names = set(list_models())
-    assert FAMILIES <= names
-    assert {f"{f}_tiny" for f in FAMILIES} <= names
-    assert {get_spec(n).family for n in names} == FAMILIES
+    assert FAMILY_NAMES <= names
+    assert {f"{f}_tiny" for f in FAMILY_NAMES} <= names
+    assert {get_spec(n).family for n in names} == FAMILY_NAMES
 
 
 def test_register_model_refuses_duplicates() -> None:

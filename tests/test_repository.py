@@ -1,4 +1,4 @@
-"""MS3D class-centre repository (paper 002 Eq. 6, Section III.D): centres, gamma, persistence."""
+"""MS3D class-centre repository (Eq. 6, Section III.D): centres, gamma, persistence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MS3D tailor strategy (paper 002 Eq. 7-8) and its box sources (motion, YOLO ONNX)."""
+"""MS3D tailor strategy (Eq. 7-8) and its box sources (motion, YOLO ONNX)."""
 
 from __future__ import annotations
 

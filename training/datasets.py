@@ -5,23 +5,11 @@ names; the torch datasets decode, sample and normalise a video through :mod:`mod
 with the model's :class:`~models.spec.VariantSpec`, the same front end evaluation and the
 service use.
 
-Layouts accepted (see ``docs/data.md``):
+Unusable videos are probed up front (:func:`validate_entries`: warned about and skipped, or
+refused with ``strict=True``); one that still fails in ``__getitem__`` is logged, counted in
+``failures`` and replaced by the next readable item, unless ``skip_errors=False``.
 
-* UCF101: ``classInd.txt`` (``"1 ApplyEyeMakeup"``), ``trainlist0N.txt``
-  (``"ApplyEyeMakeup/v_x.avi 1"``, label optional) and ``testlist0N.txt``
-  (``"ApplyEyeMakeup/v_x.avi"``) in ``<root>`` or ``<root>/ucfTrainTestlist``; videos under
-  ``<root>/<Class>/``.
-* HMDB51: ``<class>_test_split<N>.txt`` (``"video.avi 1"``: 1 train, 2 test, 0 unused) in
-  ``<root>``, ``<root>/testTrainMulti_7030_splits`` or a given folder; videos under
-  ``<root>/<class>/``.
-* A list file: ``"path label"`` lines (``.csv``: ``path,label``), the label a 0-based class
-  index or a class name, relative paths resolved against the list file's folder.
-
-Unusable videos: :func:`validate_entries` probes every file up front, warns with the list
-and skips them (or refuses with ``strict=True``). A video that still fails inside
-``__getitem__`` is logged with its path, counted in ``failures`` and replaced by the next
-readable item (``skip_errors=True``, the default), so a long run neither crashes on one bad
-file nor loses it silently; ``skip_errors=False`` raises :class:`VideoLoadError` naming it.
+Layouts, validation, items and randomness: docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,16 @@
 """Move4Digits: a synthetic, fully controlled motion dataset written as real H.264 videos.
 
-A rebuild of Move4MNIST from the full-video paper (003_9ed3c60eac2eb6a4, section 4) from
-parts that ship with the project: handwritten digits from scikit-learn's bundled
-``load_digits`` (8x8, no download) move about 1 px per frame over a slowly drifting textured
-background; a random consecutive chunk of frames is replaced by a distractor (black frames,
-background only, or a different static digit). The label is the motion, never the digit.
-
-Classes: ``"4"`` gives the paper's four directions; ``"extended"`` adds the four diagonals,
-``grow``, ``shrink``, ``rotate_cw`` and ``rotate_ccw`` (12 classes) so that top-5 means
-something. Videos are written in the UCF101 layout (split 1 only), so the loader in
-:mod:`training.datasets` reads them exactly like a real dataset::
+A rebuild of Move4MNIST, the synthetic dataset of the full-video paper (cited in
+:mod:`models.full_video`), from parts that ship with the project: handwritten digits from
+scikit-learn's bundled ``load_digits`` (no download) move over a drifting textured background,
+with a distractor chunk in every video. The label is the motion, never the digit. Videos are
+written in the UCF101 layout (split 1), so :mod:`training.datasets` reads them like a real
+dataset::
 
     python -m training.synth --out data/move4digits --classes 4 --per-class 100 --seed 0
 
-Determinism: every video draws from its own generator seeded by ``(seed, class, number)``,
-and x264 runs single-threaded, so the same arguments give byte-identical files.
-Train and test videos use disjoint digit images (``load_digits`` images whose index is a
-multiple of 4 are test digits).
+The same arguments give byte-identical files. Classes, motion, distractors, determinism:
+docs/data.md#move4digits.
 """
 
 from __future__ import annotations

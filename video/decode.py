@@ -2,32 +2,18 @@
 
 Training, evaluation and the service all turn a video into uint8 RGB frames ``(T, H, W, 3)``
 here, so a model sees identical pixels in ``training.run`` and behind ``POST /recognize``.
-All four papers (000_7f13f71ccf3971c7, 001_287685b73eb9675a, 002_313c25135d55eaeb,
-003_9ed3c60eac2eb6a4) start from frames resized to a fixed size (e.g. 128x171 for C3D);
-the resize happens in the same swscale pass as the YUV->RGB conversion.
-
-Contract:
+Every family's paper starts from frames resized to a fixed size (e.g. 128x171 for C3D); the
+resize happens in the same swscale pass as the YUV->RGB conversion.
 
 * :func:`probe_video` reads container/stream metadata only.
 * :func:`decode_video` returns every frame and :class:`VideoMeta` for what was decoded.
 * :func:`iter_video_chunks` yields the same frames in chunks, so a long video never sits in
   memory whole.
 
-Every problem with the input surfaces as a :class:`video.errors.VideoError` subclass, never a
-bare FFmpeg error. Errors in the *call* (bad ``size``, ``threads``...) raise ``ValueError`` /
-``TypeError``, and a path that cannot be opened raises the usual ``OSError``: neither is a
-property of the video.
-
-Decisions the issue left open (see ``docs/decode.md``):
-
-* Limits are checked against metadata before decoding and against what actually decodes
-  (frame count, frame timestamps, frame size) while decoding.
-* A packet the decoder rejects is skipped and decoding goes on. At the end the video is
-  refused when fewer than ``_MIN_DECODED_FRACTION`` of the expected frames decoded cleanly:
-  :class:`TruncatedVideoError` when the container itself ended early,
-  :class:`CorruptVideoError` otherwise. A smaller loss is returned with a logged warning.
-* Only demuxers for real video containers are allowed (FFmpeg's ``format_whitelist``):
-  playlist and concat demuxers would open further files or URLs named inside the input.
+Every problem with the input is a :class:`video.errors.VideoError` subclass, never a bare
+FFmpeg error; a bad argument raises ``ValueError`` / ``TypeError`` and a path that cannot be
+opened the usual ``OSError``. Limits, damaged streams, the demuxer whitelist and speed:
+docs/decode.md.
 """
 
 from __future__ import annotations
@@ -80,7 +66,7 @@ Source = str | os.PathLike[str] | BinaryFile
 
 # Decoder threads are capped: a request for more only adds contention on a shared host.
 _MAX_THREADS = 16
-# Refuse output with fewer than this fraction of the expected frames; see module docstring.
+# Refuse output with fewer than this fraction of the expected frames; see docs/decode.md.
 _MIN_DECODED_FRACTION = 0.9
 # swscale's bilinear widens its kernel with the downscale factor (antialiased), costs about
 # half of bicubic and is what PyAV defaults to; FAST_BILINEAR aliases when shrinking.

@@ -4,24 +4,14 @@ Every sampler is a pure function returning ``int64`` frame indices. The dispatch
 :func:`sample_indices` always answers an index matrix of shape ``(N, L)``: ``N`` inputs
 (clips, segments or walks) of ``L`` frame indices each, in time order within a row.
 
-Families and their samplers:
+* ``consecutive`` -- c3d_vll and attention_lstm: clips of ``clip_len`` frames starting every
+  ``stride`` frames.
+* ``uniform`` -- TSN-style segments, the TSM-k baseline of the full_video family.
+* ``pz`` -- ms3d (its paper's Eq. 1): frames drawn from the frame-difference distribution
+  ``p(z)`` into slow / mid / fast pathways.
+* ``all`` -- the full_video family: every frame.
 
-* ``consecutive`` -- C3D with video-level learning (paper 000_7f13f71ccf3971c7) and the
-  attention LSTM (paper 001_287685b73eb9675a): consecutive clips of ``clip_len`` frames
-  starting every ``stride`` frames.
-* ``uniform`` -- TSN-style segment sampling, the TSM-k baseline of the full-video paper
-  (003_9ed3c60eac2eb6a4).
-* ``pz`` -- MS3D (paper 002_313c25135d55eaeb, Eq. 1): frames drawn from the frame-difference
-  distribution ``p(z)`` into slow / mid / fast pathways.
-* ``all`` -- the full-video family (003_9ed3c60eac2eb6a4): every frame.
-
-Conventions settled here (the papers leave them open):
-
-* Padding a short video repeats frames; :func:`consecutive_clips` and :func:`all_frames`
-  repeat the *last* frame, :func:`sample_by_distribution` spreads the repeats evenly over
-  the video (``floor(i * T / n)``) so a pathway still covers the whole action.
-* Evenly spaced positions and TSN centres use ``floor((2 i + 1) * n / (2 k))``: the centre
-  of the ``i``-th of ``k`` equal bins over ``range(n)``.
+Padding of short videos and the rounding of evenly spaced positions: docs/data.md#samplers.
 """
 
 from __future__ import annotations
@@ -58,8 +48,8 @@ def consecutive_clips(
     A clip covers ``span = (clip_len - 1) * frame_step + 1`` source frames; ``frame_step > 1``
     is the temporal dilation other tools call the frame interval (it lets a short clip see a
     slow motion over more time). A tail too short for a whole clip is dropped. A video shorter
-    than ``span`` gives one clip whose indices past the end repeat the last frame (paper 000
-    trains on such videos too).
+    than ``span`` gives one clip whose indices past the end repeat the last frame (the c3d_vll
+    paper trains on such videos too).
 
     Args:
         num_frames: Frames in the video (``T >= 1``).
@@ -141,7 +131,7 @@ def uniform_segments(
 
 
 def frame_difference_distribution(frames: np.ndarray, floor: float = 1e-3) -> np.ndarray:
-    """MS3D's frame-difference distribution ``p(z)`` over frame indices (paper 002, Eq. 1).
+    """MS3D's frame-difference distribution ``p(z)`` over frame indices (MS3D, Eq. 1).
 
     ``d_z = sum_xy |F_{z+1} - F_z|`` for ``z = 0 .. T-2`` is credited to frame ``z + 1`` (the
     frame that *shows* the change); frame 0 gets 0. The floor mixes in a uniform share so
@@ -217,7 +207,7 @@ def pathway_walk(p: np.ndarray, sizes: Sequence[int], rng: np.random.Generator) 
 
     Args:
         p: ``(T,)`` frame distribution from :func:`frame_difference_distribution`.
-        sizes: Frames per pathway, e.g. ``(7, 17, 25)`` (paper 002).
+        sizes: Frames per pathway, e.g. ``(7, 17, 25)`` (the MS3D paper's).
         rng: Random generator.
 
     Returns:

@@ -2,8 +2,8 @@
 
 One code path for training, export checks and the service: gather the sampled frames, crop
 (centre in evaluation, one random window per video in training), optionally flip, scale to
-``[0, 1]`` and normalise per channel. The output layout ``(N, C, L, H, W)`` is the model
-contract shared by all four families (papers 000-003 in ``shared/papers``).
+``[0, 1]`` and normalise per channel. The output layout ``(N, C, L, H, W)`` is the input
+contract shared by all four families.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
-"""Loss of the attention joint-LSTM family (deep supervision + attention regularisation).
+"""Loss of the attention joint-LSTM family: step CE, deep supervision, attention regulariser.
 
-Paper: "Attention-based multi-level deep supervised network for action recognition"
-(``papers/001_287685b73eb9675a.txt``), Sections 3.2-3.3. The network
-(:class:`models.attention_lstm.AttentionLSTM`) is trained with three terms:
+The attention_lstm paper (cited in :mod:`models.attention_lstm`), Sections 3.2-3.3. Trains
+:class:`models.attention_lstm.AttentionLSTM` with the joint LSTM's cross-entropy per step, the
+deep-supervision cross-entropy of each level's 3D-conv head, and ``lam`` times the regulariser
+``sum_t sum_i (e_{t,i} - att_{t,i})^2`` between the normalised 3D-conv energy and the
+attention.
 
-- the joint LSTM's softmax cross-entropy at every step, averaged over steps (the per-step
-  prediction ``prob_t`` of Section 3.3; ``last_steps`` restricts it to the last L2 steps that
-  prediction votes over),
-- per tapped level, the deep-supervision cross-entropy of the 3D-convnet head, averaged over
-  steps, and summed over levels (each branch has its own loss in the paper),
-- per level, the attention regulariser of Section 3.2,
-  ``sum_t sum_i (e_{t,i} - att_{t,i})^2`` with ``e`` the normalised spatial energy of the
-  3D-conv features; summed over steps and grid cells as printed, averaged over the batch,
-  summed over levels, and weighted by ``lam`` (1000 in the paper).
-
-The regulariser is the 3D convnet's loss ("encourage the outputs of 3d-convnet to be similar
-to the attention"), so by default the attention is a target (detached); ``detach_attention=False``
-lets it pull the attention towards the energy as well. Weight decay (zeta = 1e-5) is left to
-the optimiser.
+How the terms are reduced and what is detached: docs/models.md#attention_lstm.
 """
 
 from __future__ import annotations

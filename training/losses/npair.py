@@ -1,19 +1,11 @@
-"""Multi-class N-pair loss (Sohn, NeurIPS 2016) for MS3D (paper 002_313c25135d55eaeb, Eq. 5).
+"""Multi-class N-pair loss and its batch sampler, for the ms3d family.
 
-A batch holds ``N`` classes x 2 videos: an anchor ``f_i`` and a positive ``f_i^+`` per class.
-With the similarity matrix ``S = scale * F F+^T`` the loss is
+K. Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016;
+the MS3D paper (cited in :mod:`models.ms3d`) trains with it, its Eq. 5. A batch holds ``N``
+classes x 2 videos, an anchor and a positive per class; with ``S = scale * F F+^T`` the loss
+is the cross-entropy of ``S`` with the diagonal as targets, averaged over the batch.
 
-    L = 1/N sum_i log(1 + sum_{j != i} exp(S_ij - S_ii)) = CE(S, targets = diagonal),
-
-which is paper Eq. 5 (the negatives of anchor ``i`` are the other classes' positives), averaged
-rather than summed over the batch so the learning rate does not depend on ``N``.
-
-MS3D's embeddings are L2-normalised, so the similarities lie in ``[-1, 1]`` and with
-``scale = 1`` (the literal Eq. 5) the softmax can never become confident: the loss stays above
-``log(1 + (N - 1) / e^2)`` and its gradients stay weak. ``scale`` (an inverse temperature, 10 in
-the training config) is the usual remedy. Sohn's L2 regulariser on the embedding norms
-(``l2_reg``, 0.002 in his paper) only has an effect on *unnormalised* embeddings, e.g.
-``MS3D.forward_head(..., normalize=False)``; on unit vectors it is a constant.
+Why ``scale``, and when ``l2_reg`` matters: docs/models.md#ms3d.
 """
 
 from __future__ import annotations

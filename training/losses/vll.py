@@ -1,30 +1,15 @@
 """Video-level loss (VLL) with the consistent constraint loss (CCL), and the clip-level CE.
 
-Paper: Shi et al., EURASIP Journal on Image and Video Processing (2020) 2020:35
-(``papers/000_7f13f71ccf3971c7.txt``), Eq. 3-6. For one video with m clips, softmax outputs
-y_1..y_m and label L:
+The c3d_vll paper (cited in :mod:`models.c3d_vll`), Eq. 2-6. For one video with m clips,
+softmax outputs y_1..y_m and label L::
 
-    VLL = (1 - alpha) * mean_j CE(y_j, L) + alpha * CCL                         (Eq. 3)
-    CCL_euc = mean over the m(m-1)/2 pairs k < j of ||y_k - y_j||_2            (Eq. 4)
-    CCL_err = mean over the wrong clips i of ||y_i - R_mean||_2                 (Eq. 5)
-              R_mean = mean of y over the correctly predicted clips
-    CCL     = CCL_euc if no clip or every clip is correct, else CCL_err         (Eq. 6)
+    VLL     = (1 - alpha) * mean_j CE(y_j, L) + alpha * CCL                    (Eq. 3)
+    CCL_euc = mean over the m(m-1)/2 pairs k < j of ||y_k - y_j||_2          (Eq. 4)
+    CCL_err = mean over the wrong clips i of ||y_i - R_mean||_2               (Eq. 5)
+    CCL     = CCL_euc if no clip or every clip is correct, else CCL_err       (Eq. 6)
 
-A clip is correct when its argmax equals the video label. One clip gives CCL = 0 (no pairs).
-The variants compared in the paper's Table 1 are chosen by ``ccl``:
-
-- ``"none"``: video-level CE only, ``mean_j CE`` (alpha unused);
-- ``"euclidean"``: ``CCL = CCL_euc`` always;
-- ``"error"``: ``CCL = CCL_err`` when the video has both correct and wrong clips, else 0;
-- ``"full"``: the switch of Eq. 6.
-
-Gradients: the correct/wrong split is an argmax and carries no gradient; the distances carry
-gradient into every y they use, wrong clips and R_mean alike (Eq. 5 is a function of all
-outputs; ``detach_reference=True`` treats R_mean as a fixed target instead). At a zero
-distance the norm's gradient is taken as 0.
-
-A batch may hold several videos with different clip counts: the clips are one flat batch
-with a video index per clip; the loss is computed per video, then averaged over videos.
+with R_mean the mean output of the correctly predicted clips. The variants (``ccl``), the
+gradients through R_mean and batches of several videos: docs/models.md#c3d_vll.
 """
 
 from __future__ import annotations
