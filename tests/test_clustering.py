@@ -353,6 +353,7 @@ def test_onnx_export_torchscript(mode: str) -> None:
     _check_onnx(buffer.getvalue(), module, [1, 2, 3, 4, 7, 12, 33])
 
 
+@pytest.mark.slow  # the torch.export-based exporter: 3-12 s, the TorchScript one under 1 s
 def test_onnx_export_dynamo(tmp_path) -> None:
     module = _ClusterModule("cumulative", 4)
     frames = torch.export.Dim("frames", min=2, max=4096)
