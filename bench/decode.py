@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        import decord  # noqa: F401
+        import decord  # noqa: F401 - importing is the availability check
     except ImportError as exc:
         decord_ok = False
         print(f"decord is not importable ({exc}); measuring ours only")

@@ -207,7 +207,7 @@ def test_joint_cell_matches_the_paper_equations(fusion: Fusion) -> None:
 
 def test_joint_cell_refuses_unknown_fusion() -> None:
     with pytest.raises(ValueError, match="fusion"):
-        JointLSTMCell([2], 3, "middle")  # type: ignore[arg-type]
+        JointLSTMCell([2], 3, "middle")  # type: ignore[arg-type]  # an unknown fusion on purpose
 
 
 # ------------------------------------------------------------ pyramid, energy, attention

@@ -213,7 +213,7 @@ def test_bad_arguments_raise_value_error(clip):
     with pytest.raises(ValueError):
         DecodeLimits(max_frames=0)
     with pytest.raises(TypeError):
-        decode_video(12345)  # type: ignore[arg-type]
+        decode_video(12345)  # type: ignore[arg-type]  # a wrong argument on purpose
 
 
 # ------------------------------------------------------------------------------ limits

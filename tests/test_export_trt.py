@@ -47,7 +47,7 @@ def test_engine_and_plugin_refuse_clearly_without_tensorrt() -> None:
     from export.plugin import register
 
     with pytest.raises(RuntimeError, match="tensorrt package"):
-        TrtEngine(None)  # type: ignore[arg-type]
+        TrtEngine(None)  # type: ignore[arg-type]  # a wrong argument on purpose
     with pytest.raises(ImportError):
         register()
 
