@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.backends import BackendUnavailable, InputTooLarge
 from service.domain import ServiceError
 from service.store import EmptyRepository, LastClass, NoRepository, UnknownClass, UnknownModel
-from video.errors import VideoError
+from video.errors import NoVideoStreamError, VideoError, VideoLimitError
 
 __all__ = [
     "DOMAIN_STATUS",
@@ -31,8 +31,9 @@ __all__ = [
     "status_of",
 ]
 
-# The HTTP status of each domain error; the code is the error's own (``ServiceError.code``).
-DOMAIN_STATUS: dict[type[ServiceError], int] = {
+# The HTTP status of each domain error; the code is the error's own (``.code``). A class not
+# listed takes the status of its nearest listed base class.
+DOMAIN_STATUS: dict[type[Exception], int] = {
     UnknownModel: 404,
     UnknownClass: 404,
     NoRepository: 404,
@@ -40,6 +41,9 @@ DOMAIN_STATUS: dict[type[ServiceError], int] = {
     EmptyRepository: 409,
     InputTooLarge: 413,
     BackendUnavailable: 503,
+    VideoError: 400,  # not a decodable video: empty, not a video, truncated, corrupt
+    NoVideoStreamError: 415,
+    VideoLimitError: 413,
 }
 
 # Codes for Starlette's own errors (wrong path, wrong method...).
@@ -75,8 +79,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def status_of(err: ServiceError) -> int:
-    """The HTTP status of a domain error (500 for one missing from :data:`DOMAIN_STATUS`)."""
+def status_of(err: ServiceError | VideoError) -> int:
+    """The HTTP status of a domain or video error (500 for one not in :data:`DOMAIN_STATUS`)."""
     for cls in type(err).__mro__:
         if cls in DOMAIN_STATUS:
             return DOMAIN_STATUS[cls]
@@ -126,7 +130,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(VideoError)
     async def _video_error(_: Request, err: VideoError) -> JSONResponse:
-        return error_response(err.http_status, err.code, str(err) or err.code)
+        return error_response(status_of(err), err.code, str(err) or err.code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -246,7 +246,7 @@ def test_each_limit_refuses_from_metadata(clip, limits, needle):
     ):
         with pytest.raises(VideoLimitError, match=needle) as info:
             call()
-        assert info.value.http_status == 413
+        assert info.value.code == "video_too_large"
 
 
 def test_frame_and_duration_limits_enforced_while_decoding(make_video):
@@ -369,7 +369,7 @@ def test_image_and_audio_messages_say_why(bad_inputs):
         probe_video(io.BytesIO(bad_inputs["image.jpg"][0].read_bytes()))
     with pytest.raises(NoVideoStreamError, match="found: audio") as info:
         probe_video(bad_inputs["audio.m4a"][0])
-    assert info.value.http_status == 415
+    assert info.value.code == "no_video_stream"
     with pytest.raises(TruncatedVideoError, match="moov"):
         decode_video(bad_inputs["no_moov.mp4"][0])
 

@@ -1,7 +1,8 @@
 """The one exception family raised for unusable video input.
 
-Every decode failure surfaces as a :class:`VideoError` subclass; the service maps each to an
-HTTP status via :attr:`VideoError.http_status`, the dataset code reports it with the path.
+Every decode failure surfaces as a :class:`VideoError` subclass with a machine-readable
+``code``; the service maps each class to an HTTP status (``service/errors.py``), the dataset
+code reports it with the path.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ class VideoError(Exception):
 
     Attributes:
         code: Short machine-readable reason, used in the service's JSON errors.
-        http_status: Status the service answers with for this case.
     """
 
     code = "invalid_video"
-    http_status = 400
 
 
 class EmptyVideoError(VideoError):
@@ -45,7 +44,6 @@ class NoVideoStreamError(VideoError):
     """A media container without a video stream (e.g. audio only)."""
 
     code = "no_video_stream"
-    http_status = 415
 
 
 class TruncatedVideoError(VideoError):
@@ -64,4 +62,3 @@ class VideoLimitError(VideoError):
     """The video exceeds a caller-given limit (frames, duration, source pixels, bytes)."""
 
     code = "video_too_large"
-    http_status = 413
