@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from models.bundle import load_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "docs" / "study_runs.jsonl"  # committed: the study spans sessions
@@ -29,9 +31,9 @@ DATASETS = {
     # name: (generator --classes, videos per class, frames per video)
     "4": ("4", 40, 32),
     "extended": ("extended", 30, 32),
-    # 64-frame videos hold m = 4 clips of 16: with m = 2 the error branch of the c3d_vll paper's
-    # Eq. 6
-    # equals the pairwise distance, so full CCL cannot differ from CCL-euclidean on "4".
+    # 64-frame videos hold m = 4 clips of 16: with m = 2 the error branch of the c3d_vll
+    # paper's Eq. 6 equals the pairwise distance, so full CCL cannot differ from CCL-euclidean
+    # on "4".
     "4-long": ("4", 40, 64),
 }
 # Families run on each dataset (default: all).
@@ -148,7 +150,7 @@ def run(families: list[str] | None, datasets: list[str], seeds: list[int]) -> No
                 if proc.returncode != 0:
                     print(proc.stderr[-2000:], file=sys.stderr)
                     continue
-                manifest = json.loads((WORK / "store" / run_id / "manifest.json").read_text())
+                metrics = load_bundle(WORK / "store" / run_id).metrics
                 record = {
                     "id": run_id,
                     "dataset": dataset,
@@ -156,13 +158,12 @@ def run(families: list[str] | None, datasets: list[str], seeds: list[int]) -> No
                     "config": config,
                     "seed": seed,
                     "wall_s": round(wall, 1),
-                    "metrics": manifest["metrics"],
+                    "metrics": metrics,
                     "command": shlex.join(["python", *cmd[1:]]).replace(str(ROOT) + "/", ""),
                 }
                 with open(RESULTS, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                m = manifest["metrics"]
-                print(f"  top1={m.get('top1'):.3f} wall={wall:.0f}s", flush=True)
+                print(f"  top1={metrics.get('top1'):.3f} wall={wall:.0f}s", flush=True)
 
 
 def _mean_std(values: list[float]) -> str:
