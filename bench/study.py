@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from models.bundle import load_bundle
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this folder's models.py would otherwise shadow the package
+
+from models.bundle import load_bundle  # noqa: E402
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "docs" / "study_runs.jsonl"  # committed: the study spans sessions
 DOCS = ROOT / "docs"
