@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this folder's models.py would otherwise shadow the package
 
-from models.bundle import load_bundle  # noqa: E402
+from models.bundle import load_bundle
+
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "docs" / "study_runs.jsonl"  # committed: the study spans sessions
 DOCS = ROOT / "docs"
