@@ -20,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this folder's models.py would otherwise shadow the package
+# The repository first: this folder's models.py would otherwise shadow the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.bundle import load_bundle
 
+ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work"
 RESULTS = ROOT / "docs" / "study_runs.jsonl"  # committed: the study spans sessions
 DOCS = ROOT / "docs"
