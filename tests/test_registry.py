@@ -9,6 +9,8 @@ import torch
 
 import models
 from models import VariantSpec, create_model, get_spec, list_models, register_model
+from models.c3d_vll import C3DVLL
+from models.ms3d import MS3D
 
 SMALL = [name for name in list_models() if name.endswith("_tiny")]
 FAMILY_NAMES = {"c3d_vll", "attention_lstm", "ms3d", "full_video"}
@@ -81,3 +83,18 @@ def test_small_variant_forward_backward(name: str) -> None:
 
 def test_models_package_exports_registry() -> None:
     assert models.create_model is create_model
+
+
+def test_builder_kwargs_reach_the_network_and_the_spec_sets_the_shape() -> None:
+    # One builder shape: keyword-only network arguments pass through, the shape comes from the
+    # spec (so a run that changes the clip shape changes the network and the sampler together).
+    tsm = create_model("full_video_tiny", shift_div=4, num_classes=3)
+    assert {m.shift_div for m in tsm.modules() if hasattr(m, "shift_div")} == {4}
+    g3 = create_model("full_video_tiny", spec=get_spec("full_video_tiny").replace(segments=3))
+    assert g3.num_clusters == 3
+    c3d = create_model("c3d_vll_tiny", spec=get_spec("c3d_vll_tiny").replace(clip_len=8), fc_dim=32)
+    assert isinstance(c3d, C3DVLL) and (c3d.clip_len, c3d.fc6.out_features) == (8, 32)
+    ms3d = create_model("ms3d_tiny", spec=get_spec("ms3d_tiny").replace(pathways=(2, 3, 4)))
+    assert isinstance(ms3d, MS3D) and ms3d.stem.pathway_sizes == (2, 3, 4)
+    with pytest.raises(TypeError):
+        create_model("full_video_tiny", num_clusters=3)  # the shape is the spec's, not a kwarg
