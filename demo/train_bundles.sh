@@ -20,5 +20,3 @@ for family in c3d_vll attention_lstm ms3d full_video; do
     echo "$name trained in $(( $(date +%s) - start )) s"
     "$PY" -m export.onnx --bundle "$OUT/$name"
 done
-# The resume checkpoint and the per-epoch log are training by-products, not part of a bundle.
-rm -f "$OUT"/*/checkpoint.pt
