@@ -205,6 +205,7 @@ class FullVideoNet(nn.Module):
         base = width or spec.width
         self.num_clusters = num_clusters
         self.clustering = clustering
+        self.shift_div = shift_div
         self.stem = nn.Sequential(
             *_conv_bn(3, base, 7, stride=2), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)
         )
@@ -231,6 +232,12 @@ class FullVideoNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def early_context(self) -> int:
+        """Frames on each side that reach one frame's ``layer1`` activation: each shifting
+        block of ``layer1`` moves channels by one frame (0 without the shift)."""
+        return len(self.layer1) if self.shift_div else 0
 
     def early_features(self, x: Tensor) -> Tensor:
         """``(N, 3, T, H, W)`` -> layer1 activations of every frame, ``(N, T, C, h, w)``."""

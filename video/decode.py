@@ -26,7 +26,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -342,6 +342,7 @@ def iter_video_chunks(
     size: tuple[int, int] | None = None,
     limits: DecodeLimits | None = None,
     threads: int = 2,
+    on_meta: Callable[[VideoMeta], None] | None = None,
 ) -> Generator[np.ndarray, None, None]:
     """Decode a video chunk by chunk; the chunks concatenate to :func:`decode_video`'s frames.
 
@@ -356,6 +357,9 @@ def iter_video_chunks(
         size: ``(height, width)`` of the output frames, as for :func:`decode_video`.
         limits: Bounds, as for :func:`decode_video`.
         threads: Decoder threads, as for :func:`decode_video`.
+        on_meta: Called with the decoded video's :class:`VideoMeta` (what
+            :func:`decode_video` returns) once every frame is decoded and judged, before the
+            last chunk is yielded.
 
     Returns:
         An iterator of uint8 arrays ``(t, H, W, 3)`` with ``1 <= t <= chunk_size``; each
@@ -368,7 +372,7 @@ def iter_video_chunks(
     size = _check_args(size, threads)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return _iter_chunks(src, chunk_size, size, limits or DecodeLimits(), threads)
+    return _iter_chunks(src, chunk_size, size, limits or DecodeLimits(), threads, on_meta)
 
 
 def _iter_chunks(
@@ -377,6 +381,7 @@ def _iter_chunks(
     size: tuple[int, int] | None,
     limits: DecodeLimits,
     threads: int,
+    on_meta: Callable[[VideoMeta], None] | None = None,
 ) -> Generator[np.ndarray, None, None]:
     with _open_video(src, limits, threads) as (container, stream):
         header = _read_header(stream)
@@ -394,6 +399,8 @@ def _iter_chunks(
                 chunk, filled = None, 0
         # Judge before handing over the tail, so a refused video yields as little as possible.
         _judge(progress, header)
+        if on_meta is not None:
+            on_meta(_meta(progress, header))
         if chunk is not None:
             yield chunk[:filled].copy() if filled < chunk_size // 2 else chunk[:filled]
 

@@ -25,9 +25,12 @@ __all__ = [
     "SAMPLERS",
     "all_frames",
     "consecutive_clips",
+    "distribution_from_differences",
     "evenly_spaced",
     "frame_difference_distribution",
+    "frame_differences",
     "pathway_walk",
+    "pz_walks",
     "sample_by_distribution",
     "sample_indices",
     "uniform_segments",
@@ -148,17 +151,45 @@ def frame_difference_distribution(frames: np.ndarray, floor: float = 1e-3) -> np
     Returns:
         ``(T,)`` float64 probabilities summing to 1.
     """
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"floor must be in [0, 1], got {floor}")
     frames = np.asarray(frames)
     if frames.ndim < 1 or frames.shape[0] < 1:
         raise ValueError("frames must hold at least one frame")
+    return distribution_from_differences(frame_differences(frames), floor)
+
+
+def frame_differences(frames: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """``d_z = sum_xy |F_{z+1} - F_z|`` between consecutive frames, as float64.
+
+    With ``previous`` (the frame before ``frames[0]``), the first difference is taken against
+    it, so a video read chunk by chunk gives, concatenated, exactly the differences of the
+    whole video.
+
+    Args:
+        frames: ``(t, H, W[, C])`` frames.
+        previous: The frame before them, or ``None`` at the start of the video.
+
+    Returns:
+        ``(t - 1,)`` differences, or ``(t,)`` with ``previous``.
+    """
+    frames = np.asarray(frames)
+    if previous is not None:
+        frames = np.concatenate([np.asarray(previous)[None], frames])
     t = frames.shape[0]
+    if t < 2:
+        return np.zeros(0, dtype=np.float64)
+    work = frames.astype(np.int16) if frames.dtype == np.uint8 else frames.astype(np.float64)
+    return np.abs(np.diff(work, axis=0)).reshape(t - 1, -1).sum(axis=1, dtype=np.float64)
+
+
+def distribution_from_differences(diffs: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """:func:`frame_difference_distribution` from the ``(T - 1,)`` frame differences."""
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
+    diffs = np.asarray(diffs, dtype=np.float64)
+    t = len(diffs) + 1
     uniform = np.full(t, 1.0 / t)
     if t == 1:
         return uniform
-    work = frames.astype(np.int16) if frames.dtype == np.uint8 else frames.astype(np.float64)
-    diffs = np.abs(np.diff(work, axis=0)).reshape(t - 1, -1).sum(axis=1, dtype=np.float64)
     total = diffs.sum()
     if total <= 0:
         return uniform
@@ -264,10 +295,16 @@ def _sample_pz(
     walks: int = 1,
     floor: float = 1e-3,
 ) -> np.ndarray:
+    return pz_walks(frame_difference_distribution(frames, floor), sizes, walks, rng)
+
+
+def pz_walks(
+    p: np.ndarray, sizes: Sequence[int], walks: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """``walks`` MS3D walks drawn from ``p``, ``(walks, sum(sizes))``; the ``pz`` sampler's
+    rows. Without ``rng`` the draws use seed 0, so evaluation and serving are reproducible."""
     _check_positive("walks", walks)
-    # A fixed seed without an rng keeps evaluation and serving reproducible.
     rng = np.random.default_rng(0) if rng is None else rng
-    p = frame_difference_distribution(frames, floor)
     return np.stack([pathway_walk(p, sizes, rng) for _ in range(walks)])
 
 
