@@ -47,6 +47,7 @@ __all__ = [
     "WholeVideoStages",
     "recognize_video",
     "stages_for",
+    "stream_outputs",
 ]
 
 # Frames decoded per chunk: the unit of memory and of cancellation checks.
@@ -235,6 +236,47 @@ def recognize_video(
         video.errors.VideoError: The file is not a decodable video within ``limits``.
         Cancelled: ``cancelled()`` turned true.
     """
+    outputs, meta, segments = stream_outputs(
+        path,
+        spec,
+        forward,
+        stages=stages,
+        batch_size=batch_size,
+        max_inputs=max_inputs,
+        centres=centres,
+        gamma=gamma,
+        limits=limits,
+        threads=threads,
+        chunk_frames=chunk_frames,
+        timeline=timeline,
+        window_s=window_s,
+        on_segment=on_segment,
+        cancelled=cancelled,
+    )
+    scores = aggregate_outputs(outputs, spec, centres=centres, gamma=gamma)
+    return StreamAnswer(Prediction(scores, len(outputs), outputs), meta, segments)
+
+
+def stream_outputs(
+    path: str | os.PathLike[str],
+    spec: VariantSpec,
+    forward: Forward,
+    *,
+    stages: WholeVideoStages | None = None,
+    batch_size: int = 16,
+    max_inputs: int = 0,
+    centres: Tensor | None = None,
+    gamma: float | None = None,
+    limits: DecodeLimits | None = None,
+    threads: int = 2,
+    chunk_frames: int = CHUNK_FRAMES,
+    timeline: bool = False,
+    window_s: float = 10.0,
+    on_segment: Callable[[Segment], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[Tensor, VideoMeta, list[Segment]]:
+    """The network outputs that vote (ms3d: the walk embeddings, as a repository is built
+    from), the decoded video's meta and the timeline; arguments as :func:`recognize_video`."""
     probe = probe_video(path, limits=limits)
     fps = probe.fps if probe.fps > 0 else 25.0
     segments: list[Segment] = []
@@ -259,18 +301,13 @@ def recognize_video(
     )
     reader = _Reader(path, spec, limits, threads, chunk_frames, cancelled)
     ctx.reader = reader
-    if spec.sampler == "consecutive":
-        prediction = _consecutive(reader, ctx)
-    elif spec.sampler == "pz":
-        prediction = _pz(reader, ctx)
-    elif spec.sampler == "uniform":
-        prediction = _uniform(reader, ctx)
-    elif spec.sampler == "all":
-        prediction = _whole(reader, ctx)
-    else:
-        raise ValueError(f"no streamed path for sampler {spec.sampler!r}")
+    try:
+        family = _FAMILY_PATHS[spec.sampler]
+    except KeyError:
+        raise ValueError(f"no streamed path for sampler {spec.sampler!r}") from None
+    outputs = family(reader, ctx)
     assert reader.meta is not None  # every path reads the video to its end
-    return StreamAnswer(prediction, reader.meta, segments)
+    return outputs, reader.meta, segments
 
 
 def _capped(ctx: _Context, outputs: Tensor) -> Tensor:
@@ -282,7 +319,7 @@ def _capped(ctx: _Context, outputs: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- consecutive clips
 
 
-def _consecutive(reader: _Reader, ctx: _Context) -> Prediction:
+def _consecutive(reader: _Reader, ctx: _Context) -> Tensor:
     """c3d_vll, attention_lstm: each clip becomes an input as soon as its last frame arrives;
     only the frames of clips not yet complete are kept."""
     args = ctx.spec.sampler_args()
@@ -332,15 +369,13 @@ def _consecutive(reader: _Reader, ctx: _Context) -> Prediction:
     if ctx.timeline and held:
         s, o = held.pop()
         ctx.emit(Segment(ctx.seconds(s), max(ctx.end_s(), ctx.seconds(s)), ctx.scores(o)))
-    every = torch.cat(outputs)
-    voting = _capped(ctx, every)
-    return Prediction(scores=ctx.scores(voting), inputs=len(voting), outputs=voting)
+    return _capped(ctx, torch.cat(outputs))
 
 
 # --------------------------------------------------------------------------- ms3d
 
 
-def _pz(reader: _Reader, ctx: _Context) -> Prediction:
+def _pz(reader: _Reader, ctx: _Context) -> Tensor:
     """ms3d: pass 1 streams the frame differences (O(T) scalars), pass 2 keeps only the
     frames the p(z) walks picked."""
     args = ctx.spec.sampler_args()
@@ -358,9 +393,7 @@ def _pz(reader: _Reader, ctx: _Context) -> Prediction:
     if ctx.max_inputs and len(rows) > ctx.max_inputs:
         rows = rows[evenly_spaced(len(rows), ctx.max_inputs)]
     kept, local = _keep_frames(reader, rows)
-    inputs = inputs_from_indices(kept, local, ctx.spec)
-    outputs = run_network(ctx.forward, inputs, ctx.batch_size)
-    return Prediction(scores=ctx.scores(outputs), inputs=len(inputs), outputs=outputs)
+    return run_network(ctx.forward, inputs_from_indices(kept, local, ctx.spec), ctx.batch_size)
 
 
 def _pz_frames(ctx: _Context, frames: np.ndarray) -> Tensor:
@@ -390,7 +423,7 @@ def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- full_video
 
 
-def _uniform(reader: _Reader, ctx: _Context) -> Prediction:
+def _uniform(reader: _Reader, ctx: _Context) -> Tensor:
     """TSM-k: pass 1 counts the frames, pass 2 keeps the k segment centres."""
     total = 0
     window = _Windows(ctx, lambda frames: _in_memory(ctx, frames))
@@ -400,15 +433,14 @@ def _uniform(reader: _Reader, ctx: _Context) -> Prediction:
     window.finish()
     rows = uniform_segments(total, int(ctx.spec.sampler_args()["num_segments"]))[None, :]
     kept, local = _keep_frames(reader, rows)
-    outputs = run_network(ctx.forward, inputs_from_indices(kept, local, ctx.spec), ctx.batch_size)
-    return Prediction(scores=ctx.scores(outputs), inputs=1, outputs=outputs)
+    return run_network(ctx.forward, inputs_from_indices(kept, local, ctx.spec), ctx.batch_size)
 
 
 def _in_memory(ctx: _Context, frames: np.ndarray) -> Tensor:
     return predict_frames(ctx.forward, frames, ctx.spec, batch_size=ctx.batch_size).outputs
 
 
-def _whole(reader: _Reader, ctx: _Context) -> Prediction:
+def _whole(reader: _Reader, ctx: _Context) -> Tensor:
     """full_video on every frame: the streamed two-pass clustering (pass 1: early activations
     chunk by chunk, only the previous frame's sign bits and the distances kept; the clusters
     assigned; pass 2: early activations again, summed per cluster), then the late stages on
@@ -420,11 +452,9 @@ def _whole(reader: _Reader, ctx: _Context) -> Prediction:
         window = _Windows(ctx, lambda f: _in_memory(ctx, f))
         window.add(frames)
         window.finish()
-        outputs = _in_memory(ctx, frames)
-        return Prediction(scores=ctx.scores(outputs), inputs=1, outputs=outputs)
+        return _in_memory(ctx, frames)
     window = _Windows(ctx, lambda f: _two_pass(ctx, stages, lambda: iter(_split(f))))
-    logits = _two_pass(ctx, stages, reader.frames, window)
-    return Prediction(scores=ctx.scores(logits), inputs=1, outputs=logits)
+    return _two_pass(ctx, stages, reader.frames, window)
 
 
 def _split(frames: np.ndarray, size: int = CHUNK_FRAMES) -> list[np.ndarray]:
@@ -539,3 +569,11 @@ class _Windows:
         end_s = ctx.end_s() if last else ctx.seconds(end)
         ctx.emit(Segment(ctx.seconds(self.start), end_s, ctx.scores(outputs)))
         self.parts, self.held, self.start = [], 0, end
+
+
+_FAMILY_PATHS: dict[str, Callable[[_Reader, _Context], Tensor]] = {
+    "consecutive": _consecutive,
+    "pz": _pz,
+    "uniform": _uniform,
+    "all": _whole,
+}
