@@ -29,7 +29,9 @@ from models.spec import VariantSpec
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
+    "ONNX_EARLY_FILE",
     "ONNX_FILE",
+    "ONNX_LATE_FILE",
     "ONNX_INPUT",
     "ONNX_OUTPUT",
     "REPOSITORY_FILE",
@@ -53,6 +55,10 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 REPOSITORY_FILE = "repository.safetensors"
 ONNX_FILE = "model.onnx"
+# full_video's streamed two-pass clustering runs its network in two parts: stem + layer1 on
+# chunks of frames, and layer2 .. head on the g cluster means.
+ONNX_EARLY_FILE = "model.early.onnx"
+ONNX_LATE_FILE = "model.late.onnx"
 # The exported network's one input (N, 3, T, H, W) and one output.
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "output"

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from models.aggregators import VideoScores
-from models.pipeline import Forward, decode_for, predict_frames
+from models.pipeline import Forward
 from models.spec import VariantSpec
+from models.stream import WholeVideoStages, recognize_video
 from training.metrics import summarize
 from video.errors import VideoError
 
@@ -56,11 +57,14 @@ def evaluate_videos(
     max_inputs: int = 0,
     centres: Tensor | None = None,
     gamma: float | None = None,
+    stages: WholeVideoStages | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, object], list[VideoOutcome]]:
     """Evaluate ``videos`` (path, label) and return the summary and per-video outcomes.
 
-    Undecodable videos are logged by path, counted in ``skipped`` and left out of the figures.
+    Each video goes through :func:`models.stream.recognize_video`, the service's streamed
+    path (``stages``: a full_video network's split, see there). Undecodable videos are logged
+    by path, counted in ``skipped`` and left out of the figures.
     """
     outcomes: list[VideoOutcome] = []
     skipped: list[str] = []
@@ -71,20 +75,20 @@ def evaluate_videos(
         iterator = tqdm(videos, desc="eval", leave=False, unit="video")
     for path, label in iterator:
         try:
-            frames, _ = decode_for(path, spec)
+            pred = recognize_video(
+                path,
+                spec,
+                forward,
+                stages=stages,
+                batch_size=batch_size,
+                max_inputs=max_inputs,
+                centres=centres,
+                gamma=gamma,
+            ).prediction
         except VideoError as err:
             log.warning("evaluation skips %s: %s", path, err)
             skipped.append(str(path))
             continue
-        pred = predict_frames(
-            forward,
-            frames,
-            spec,
-            batch_size=batch_size,
-            max_inputs=max_inputs,
-            centres=centres,
-            gamma=gamma,
-        )
         s = pred.scores
         nearest = float(s.distances[s.order[0]]) if s.distances is not None else float("nan")
         outcomes.append(

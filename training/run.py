@@ -36,6 +36,7 @@ from models.bundle import write_bundle
 from models.fileio import atomic_write
 from models.pipeline import Forward
 from models.registry import create_model
+from models.stream import stages_for
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
 from training.schedule import schedule_for, set_lr
@@ -264,7 +265,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Rank 0 evaluation through the service's path (the task's figures)."""
     with _evaluating(model, device) as forward:
-        return task.evaluate(forward, data, progress=show)
+        return task.evaluate(forward, data, stages=stages_for(model, device), progress=show)
 
 
 def train(cfg: TrainConfig) -> Path | None:

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from models.bundle import REPOSITORY_FILE
-from models.pipeline import Forward, decode_for, embed_video
+from models.pipeline import Forward
 from models.registry import get_spec
 from models.repository import Repository, calibrate_gamma, in_class_distances
 from models.spec import VariantSpec
+from models.stream import WholeVideoStages, stream_outputs
 from training.config import TrainConfig
 from training.datasets import (
     ClipDataset,
@@ -235,10 +236,16 @@ class Task:
 
     # ---- evaluation and bundle (rank 0, ``forward`` runs the model in eval mode)
     def evaluate(
-        self, forward: Forward, data: DataSplit, *, progress: bool = False
+        self,
+        forward: Forward,
+        data: DataSplit,
+        *,
+        stages: WholeVideoStages | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """The evaluation figures of the model behind ``forward`` (base: the test split
-        through :func:`training.evaluate.evaluate_videos`)."""
+        through :func:`training.evaluate.evaluate_videos`; ``stages``: the model's
+        early/late split where it has one, for the streamed whole-video path)."""
         summary, _ = evaluate_videos(
             forward,
             [(e.path, e.label) for e in data.test],
@@ -246,6 +253,7 @@ class Task:
             len(self.classes),
             batch_size=self.cfg.batch_size,
             max_inputs=self.cfg.eval_max_clips,
+            stages=stages,
             progress=progress,
         )
         return summary
@@ -408,7 +416,12 @@ class MS3DTask(Task):
 
     # ---- the open-set protocol
     def evaluate(
-        self, forward: Forward, data: DataSplit, *, progress: bool = False
+        self,
+        forward: Forward,
+        data: DataSplit,
+        *,
+        stages: WholeVideoStages | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """Repository from the training videos, gamma, closed-set and open-set figures."""
         return self._open_set(forward, data, progress)[1]
@@ -516,11 +529,11 @@ def _embed_entries(
     labels: list[int] = []
     for e in entries:
         try:
-            frames, _ = decode_for(e.path, spec)
+            embeddings, _, _ = stream_outputs(e.path, spec, forward, batch_size=batch_size)
         except VideoError as err:
             log.warning("repository skips %s: %s", e.path, err)
             continue
-        out.append(embed_video(forward, frames, spec, batch_size=batch_size))
+        out.append(embeddings.numpy())
         labels.append(e.label)
     return out, labels
 
