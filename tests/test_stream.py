@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from models.aggregators import VideoScores
 from models.bundle import ONNX_FILE, REPOSITORY_FILE, Bundle, load_bundle
 from models.pipeline import Forward, decode_for, predict_frames
 from models.repository import Repository
-from models.stream import Cancelled, recognize_video, stages_for
+from models.stream import Cancelled, Segment, WholeVideoStages, recognize_video, stages_for
 from service.quickstart import DEMO_BUNDLES, FAMILIES
 
 NAMES = [f"{family}-move4digits" for family in FAMILIES]
@@ -32,7 +33,12 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _judge(bundle: Bundle) -> dict[str, object]:
+class _Judge(TypedDict, total=False):
+    centres: Tensor
+    gamma: float
+
+
+def _judge(bundle: Bundle) -> _Judge:
     if bundle.family != "ms3d":
         return {}
     repo = Repository.load(bundle.file(REPOSITORY_FILE))
@@ -45,14 +51,16 @@ def _same(a: VideoScores, b: VideoScores) -> None:
     assert a.unknown == b.unknown
 
 
-def _forwards(bundle: Bundle) -> dict[str, tuple[Forward, object]]:
+def _forwards(bundle: Bundle) -> dict[str, tuple[Forward, WholeVideoStages | None]]:
     model = bundle.build_model()
 
     @torch.no_grad()
     def torch_forward(x: Tensor) -> Tensor:
         return model(x)
 
-    out: dict[str, tuple[Forward, object]] = {"torch": (torch_forward, stages_for(model))}
+    out: dict[str, tuple[Forward, WholeVideoStages | None]] = {
+        "torch": (torch_forward, stages_for(model))
+    }
     if bundle.has(ONNX_FILE):
         ort = pytest.importorskip("onnxruntime")
         del ort
@@ -71,15 +79,15 @@ def test_streamed_answer_equals_the_in_memory_answer(name: str, videos: dict[str
     for backend, (forward, stages) in _forwards(bundle).items():
         for label, path in videos.items():
             frames, meta = decode_for(path, bundle.spec)
-            want = predict_frames(forward, frames, bundle.spec, **judge)  # type: ignore[arg-type]
+            want = predict_frames(forward, frames, bundle.spec, **judge)
             for chunk in (7, 64):  # several chunks, and the whole short video in one
                 got = recognize_video(
                     path,
                     bundle.spec,
                     forward,
-                    stages=stages,  # type: ignore[arg-type]
+                    stages=stages,
                     chunk_frames=chunk,
-                    **judge,  # type: ignore[arg-type]
+                    **judge,
                 )
                 _same(got.prediction.scores, want.scores)
                 assert got.prediction.inputs == want.inputs, (backend, label)
@@ -106,17 +114,17 @@ def test_timeline_covers_the_video_and_each_window_answers_alone(
     bundle = load_bundle(DEMO_BUNDLES / name)
     judge = _judge(bundle)
     forward, stages = _forwards(bundle)["torch"]
-    seen = []
+    seen: list[Segment] = []
     got = recognize_video(
         videos["long"],
         bundle.spec,
         forward,
-        stages=stages,  # type: ignore[arg-type]
+        stages=stages,
         timeline=True,
         window_s=2.0,
         chunk_frames=16,
         on_segment=seen.append,
-        **judge,  # type: ignore[arg-type]
+        **judge,
     )
     timeline = got.timeline
     assert seen == timeline and len(timeline) >= 2
@@ -135,7 +143,7 @@ def test_timeline_covers_the_video_and_each_window_answers_alone(
         else:
             last = min(len(frames), round(seg.end_s * fps))
             window = frames[first:last]
-        alone = predict_frames(forward, window, bundle.spec, **judge)  # type: ignore[arg-type]
+        alone = predict_frames(forward, window, bundle.spec, **judge)
         _same(seg.scores, alone.scores)
 
 
@@ -144,7 +152,7 @@ def test_ms3d_window_rule_uses_the_window_seconds(videos: dict[str, Path]) -> No
     forward, _ = _forwards(bundle)["torch"]
     got = recognize_video(
         videos["long"], bundle.spec, forward, timeline=True, window_s=3.0, **_judge(bundle)
-    )  # type: ignore[arg-type]
+    )
     # 203 frames at 25 fps, windows of 75 frames: 75 + 75 + 53.
     assert [round(s.end_s - s.start_s, 2) for s in got.timeline] == [3.0, 3.0, 2.12]
     assert math.isclose(got.timeline[-1].end_s, 203 / 25)
