@@ -30,7 +30,13 @@ from models.pipeline import (
     run_network,
 )
 from models.spec import VariantSpec
-from video.decode import DecodeLimits, VideoMeta, iter_video_chunks, probe_video
+from video.decode import (
+    DecodeLimits,
+    VideoMeta,
+    decode_frames_at,
+    iter_video_chunks,
+    probe_video,
+)
 from video.sampling import (
     distribution_from_differences,
     evenly_spaced,
@@ -408,16 +414,16 @@ def _pz_frames(ctx: _Context, frames: np.ndarray) -> Tensor:
 
 
 def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A second pass keeping only the frames ``rows`` index: ``(frames, rows into them)``."""
-    needed = np.unique(rows)
-    kept: list[np.ndarray] = []
-    base = 0
-    for chunk in reader.frames():
-        here = needed[(needed >= base) & (needed < base + len(chunk))]
-        if len(here):
-            kept.append(chunk[here - base])
-        base += len(chunk)
-    return np.concatenate(kept), np.searchsorted(needed, rows)
+    """A second pass converting only the frames ``rows`` index (the rest are decoded and
+    dropped): ``(frames, rows into them)``."""
+    kept, _ = decode_frames_at(
+        reader.path,
+        rows,
+        size=reader.spec.decode_hw(),
+        limits=reader.limits,
+        threads=reader.threads,
+    )
+    return kept, np.searchsorted(np.unique(rows), rows)
 
 
 # --------------------------------------------------------------------------- full_video

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from media import write_audio_only, write_video
 
-from video.decode import DecodeLimits, VideoMeta, decode_video, iter_video_chunks, probe_video
+from video.decode import (
+    DecodeLimits,
+    VideoMeta,
+    decode_frames_at,
+    decode_video,
+    iter_video_chunks,
+    probe_video,
+)
 from video.errors import (
     CorruptVideoError,
     EmptyVideoError,
@@ -178,6 +185,16 @@ def test_chunks_concatenate_to_the_full_decode(clip):
     assert np.array_equal(np.concatenate(chunks), full)
     # Chunks are independent arrays, not one buffer reused.
     assert not np.shares_memory(chunks[0], chunks[1])
+
+
+def test_frames_at_equal_the_full_decode_and_are_refused_alike(clip):
+    path, _ = clip
+    full, meta = decode_video(path, size=(24, 30))
+    picked, picked_meta = decode_frames_at(path, np.array([7, 0, 7, N - 1]), size=(24, 30))
+    np.testing.assert_array_equal(picked, full[[0, 7, N - 1]])
+    assert picked_meta == meta
+    with pytest.raises(VideoLimitError):
+        decode_frames_at(path, np.array([0]), limits=DecodeLimits(max_frames=N - 1))
 
 
 def test_chunks_from_file_object_and_single_chunk(clip):

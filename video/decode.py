@@ -44,7 +44,14 @@ from video.errors import (
     VideoLimitError,
 )
 
-__all__ = ["VideoMeta", "DecodeLimits", "probe_video", "decode_video", "iter_video_chunks"]
+__all__ = [
+    "DecodeLimits",
+    "VideoMeta",
+    "decode_frames_at",
+    "decode_video",
+    "iter_video_chunks",
+    "probe_video",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -405,6 +412,53 @@ def _iter_chunks(
             yield chunk[:filled].copy() if filled < chunk_size // 2 else chunk[:filled]
 
 
+def decode_frames_at(
+    src: Source,
+    indices: np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    limits: DecodeLimits | None = None,
+    threads: int = 2,
+) -> tuple[np.ndarray, VideoMeta]:
+    """Decode a whole video but convert only the frames at ``indices``.
+
+    Every frame is decoded and checked as :func:`decode_video` does (so the same videos are
+    refused), but only the wanted ones are resized and converted to RGB, which is most of a
+    decode's cost at small output sizes.
+
+    Args:
+        src: A path or binary file object, as for :func:`decode_video`.
+        indices: Wanted frame indices (any order, repeats allowed).
+        size: ``(height, width)`` of the output frames, as for :func:`decode_video`.
+        limits: Bounds, as for :func:`decode_video`.
+        threads: Decoder threads, as for :func:`decode_video`.
+
+    Returns:
+        ``(frames, meta)``: ``frames[i]`` is frame ``np.unique(indices)[i]``, exactly as
+        :func:`decode_video` decodes it; indices past the end are left out.
+    """
+    limits = limits or DecodeLimits()
+    size = _check_args(size, threads)
+    wanted = np.unique(np.asarray(indices, dtype=np.int64))
+    picked: list[np.ndarray] = []
+    with _open_video(src, limits, threads) as (container, stream):
+        header = _read_header(stream)
+        _check_declared_limits(header, limits)
+        progress = _Progress()
+        convert = _Converter(size)
+        for frame in _decode_frames(container, stream, header, limits, progress):
+            index = progress.frames - 1
+            if len(picked) < len(wanted) and index == wanted[len(picked)]:
+                rgb = convert(frame, index)
+                out = np.empty(_frame_shape(rgb), dtype=np.uint8)
+                _write_rgb(rgb, out)
+                picked.append(out)
+        _judge(progress, header)
+    if not picked:
+        raise ValueError(f"no frame at {wanted[:5].tolist()}: the video has {progress.frames}")
+    return np.stack(picked), _meta(progress, header)
+
+
 def _check_args(size: tuple[int, int] | None, threads: int) -> tuple[int, int] | None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
@@ -670,8 +724,42 @@ def _decode_rgb(
     its packed ``rgb24`` path is not: about half the cost, the same pixels up to rounding
     (bit-identical for 640x480 -> 128x171, within 2 levels on flat colour elsewhere).
     """
-    reformatter = VideoReformatter()  # one cached SwsContext for the whole video
-    out_h, out_w = size if size is not None else (None, None)
+    convert = _Converter(size)
+    for frame in _decode_frames(container, stream, header, limits, progress):
+        yield convert(frame, progress.frames - 1)
+
+
+class _Converter:
+    """Resize + colour conversion of decoded frames: one cached SwsContext per video."""
+
+    def __init__(self, size: tuple[int, int] | None) -> None:
+        self.reformatter = VideoReformatter()
+        self.size = size
+
+    def __call__(self, frame: av.VideoFrame, index: int) -> av.VideoFrame:
+        out_h, out_w = self.size if self.size is not None else (frame.height, frame.width)
+        self.size = (out_h, out_w)
+        try:
+            return self.reformatter.reformat(
+                frame,
+                width=out_w,
+                height=out_h,
+                format="gbrp",
+                interpolation=_INTERPOLATION,
+                threads=_SWS_THREADS,
+            )
+        except av.FFmpegError as exc:
+            raise CorruptVideoError(f"frame {index} cannot be converted to RGB: {exc}") from exc
+
+
+def _decode_frames(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    header: _Header,
+    limits: DecodeLimits,
+    progress: _Progress,
+) -> Iterator[av.VideoFrame]:
+    """Yield each decoded frame as FFmpeg gives it, counting and checking as it goes."""
     packets = container.demux(stream)
     while True:
         try:
@@ -695,21 +783,7 @@ def _decode_rgb(
             progress.frames += 1
             progress.corrupt_frames += frame.is_corrupt
             _check_frame_limits(frame, header, limits, progress)
-            if out_h is None:
-                out_h, out_w = frame.height, frame.width
-            try:
-                yield reformatter.reformat(
-                    frame,
-                    width=out_w,
-                    height=out_h,
-                    format="gbrp",
-                    interpolation=_INTERPOLATION,
-                    threads=_SWS_THREADS,
-                )
-            except av.FFmpegError as exc:
-                raise CorruptVideoError(
-                    f"frame {progress.frames - 1} cannot be converted to RGB: {exc}"
-                ) from exc
+            yield frame
 
 
 def _write_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
