@@ -7,6 +7,13 @@ and shapes, dynamic axes, the ONNX Runtime vs PyTorch difference). The graph has
 output ``output``, exactly what the eval-mode PyTorch forward returns; ``N`` is dynamic for
 every family, ``T`` also for ``full_video``.
 
+A ``full_video`` bundle that clusters also gets the two stage graphs its streamed two-pass
+clustering runs (:mod:`models.stream`): ``model.early.onnx`` (stem + layer1, frames ->
+layer1 activations, dynamic frame axis) and ``model.late.onnx`` (layer2 .. head, the ``g``
+cluster means -> logits), each verified against :class:`models.stream.TorchStages`. Their
+weights are ONNX external data pointing into ``model.onnx``, which holds the same tensors, so
+the split adds the graphs and not a second copy of the network. :class:`OnnxStages` runs them.
+
 The full-video clustering becomes one ``actrec::TemporalCluster`` node backed by a
 model-local ONNX function traced from :func:`models.clustering.temporal_cluster`, which
 TensorRT can map to the plugin of :mod:`export.plugin`. The graph, the exporter choice and
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import hashlib
 import io
 import os
 import sys
@@ -31,14 +40,17 @@ from typing import Any, cast
 import numpy as np
 import onnx
 import torch
-from onnx import helper
+from onnx import external_data_helper, helper, numpy_helper
 from torch import Tensor, nn
 
 from models.bundle import (
+    ONNX_EARLY_FILE,
     ONNX_FILE,
     ONNX_INPUT,
+    ONNX_LATE_FILE,
     ONNX_OUTPUT,
     Bundle,
+    BundleError,
     add_bundle_file,
     load_bundle,
 )
@@ -46,6 +58,7 @@ from models.clustering import temporal_cluster
 from models.fileio import atomic_write
 from models.pipeline import decode_for, prepare_inputs, run_network
 from models.spec import VariantSpec
+from models.stream import CHUNK_FRAMES, TorchStages, stages_for
 
 __all__ = [
     "CLUSTER_DOMAIN",
@@ -56,6 +69,10 @@ __all__ = [
     "Verification",
     "export_onnx",
     "export_network",
+    "export_stages",
+    "share_weights",
+    "stage_settings",
+    "OnnxStages",
     "temporal_cluster_function",
     "example_input",
     "OnnxForward",
@@ -76,6 +93,11 @@ DEFAULT_TOLERANCE = 1e-3
 # Clips per batch the TensorRT profiles are built for (min, opt, max); frames for full_video.
 CLIP_RANGE = (1, 4, 16)
 FRAME_RANGE = (1, 32, 512)
+# The stage graphs run one video at a time; the early one on a chunk of frames plus the
+# temporal shift's context on both sides (models.stream._early).
+STAGE_CLIP_RANGE = (1, 1, 1)
+# Initializers at least this large are read from model.onnx instead of stored again.
+SHARE_MIN_BYTES = 1024
 
 
 class ExportError(RuntimeError):
@@ -318,12 +340,121 @@ def export_network(
         proto.functions.append(temporal_cluster_function(g, method, opset=opset))
         if all(entry.domain != CLUSTER_DOMAIN for entry in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(CLUSTER_DOMAIN, 1))
+    return _finish(proto, "Input: normalised clips (N, 3, T, H, W); output: the eval-mode forward.")
+
+
+def _finish(proto: onnx.ModelProto, doc: str) -> onnx.ModelProto:
     # Function attributes with defaults (attribute_proto) need IR version 9 (ONNX 1.15).
     proto.ir_version = max(proto.ir_version, 9)
     proto.producer_name = "actrec.export.onnx"
-    proto.doc_string = "Input: normalised clips (N, 3, T, H, W); output: the eval-mode forward."
+    proto.doc_string = doc
     onnx.checker.check_model(proto)
     return proto
+
+
+class _EarlyStage(nn.Module):
+    """``(N, 3, T, H, W)`` frames -> ``(N, T, C, h, w)`` layer1 activations."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.model.early_features(x)  # type: ignore[operator]
+        return out
+
+
+class _LateStage(nn.Module):
+    """``(N, g, C, h, w)`` cluster means -> ``(N, num_classes)`` logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, segments: Tensor) -> Tensor:
+        m = self.model
+        out: Tensor = m.forward_head(m.late_features(segments))  # type: ignore[operator]
+        return out
+
+
+def export_stages(
+    model: nn.Module,
+    spec: VariantSpec,
+    *,
+    opset: int = MIN_OPSET,
+    optimize: bool = True,
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Trace a clustering full_video network's two stages, ``(early, late)``.
+
+    ``early``: input ``input`` ``(clips, 3, frames, H, W)``, output ``output``
+    ``(clips, frames, C, h, w)`` (``model.early_features``; the temporal shift is slices and
+    concatenation, so ``frames`` stays dynamic). ``late``: input ``input`` ``(clips, g, C, h,
+    w)`` with ``g`` fixed, output ``output`` logits (``forward_head(late_features(.))``).
+    Traced exactly as :func:`export_network` traces the whole network.
+    """
+    _check_opset(opset)
+    model = model.eval()
+    example = example_input(spec, clips=2, frames=16)
+    early = _trace_to_onnx(
+        _EarlyStage(model).eval(),
+        example,
+        opset=opset,
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        dynamic_axes={
+            ONNX_INPUT: {0: "clips", 2: "frames"},
+            ONNX_OUTPUT: {0: "clips", 1: "frames"},
+        },
+        optimize=optimize,
+    )
+    with torch.no_grad():
+        segments = model.cluster(model.early_features(example))  # type: ignore[operator]
+    late = _trace_to_onnx(
+        _LateStage(model).eval(),
+        segments,
+        opset=opset,
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        dynamic_axes={ONNX_INPUT: {0: "clips"}, ONNX_OUTPUT: {0: "clips"}},
+        optimize=optimize,
+    )
+    return (
+        _finish(early, "Input: normalised frames (N, 3, T, H, W); output: layer1 (N, T, C, h, w)."),
+        _finish(late, "Input: cluster means (N, g, C, h, w); output: logits (N, num_classes)."),
+    )
+
+
+def share_weights(
+    proto: onnx.ModelProto, source: bytes, location: str, *, min_bytes: int = SHARE_MIN_BYTES
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of ``proto`` whose initializers found byte for byte in ``source`` (the content
+    of the file ``location``, beside the graph) are ONNX external data pointing there.
+
+    Any equal byte range is the tensor's data, whichever tensor of ``source`` it belongs to;
+    initializers under ``min_bytes`` or not found stay in the graph.
+
+    Returns:
+        The new graph and ``{"tensors": n, "bytes": b}`` shared.
+    """
+    out = copy.deepcopy(proto)
+    tensors = total = 0
+    for init in out.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        array = numpy_helper.to_array(init)
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        if len(data) < min_bytes:
+            continue
+        offset = source.find(data)
+        if offset < 0:
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(array, name))  # raw_data, as the helper needs
+        external_data_helper.set_external_data(init, location, offset, len(data))
+        init.ClearField("raw_data")
+        tensors += 1
+        total += len(data)
+    return out, {"tensors": tensors, "bytes": total}
 
 
 class OnnxForward:
@@ -368,6 +499,47 @@ class OnnxForward:
 def onnx_forward(path: str | os.PathLike, *, threads: int | None = None) -> OnnxForward:
     """An ONNX Runtime (CPU) forward with the contract of a backend: float32 tensor in and out."""
     return OnnxForward(path, threads=threads)
+
+
+class OnnxStages:
+    """:class:`models.stream.WholeVideoStages` backed by the bundle's two stage graphs in
+    ONNX Runtime (two :class:`OnnxForward` sessions).
+
+    Args:
+        bundle: A loaded bundle or its directory, exported with its stage graphs.
+        threads: Intra-op threads per session, as :class:`OnnxForward`.
+        providers: Execution providers, as :class:`OnnxForward`.
+
+    Raises:
+        BundleError: No stage graphs, or stale ones (see :func:`stage_settings`).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        settings = stage_settings(bundle)
+        self.context: int = settings["context"]
+        self.num_clusters: int = settings["num_clusters"]
+        self.clustering: str = settings["clustering"]
+        self._early = OnnxForward(
+            bundle.file(ONNX_EARLY_FILE), threads=threads, providers=providers
+        )
+        self._late = OnnxForward(bundle.file(ONNX_LATE_FILE), threads=threads, providers=providers)
+        self.providers = self._early.providers
+
+    def early(self, x: Tensor) -> Tensor:
+        """``(1, 3, t, H, W)`` frames -> ``(1, t, C, h, w)`` layer1 activations."""
+        return self._early(x)
+
+    def late(self, segments: Tensor) -> Tensor:
+        """``(1, g, C, h, w)`` cluster means -> ``(1, num_classes)`` logits."""
+        return self._late(segments)
 
 
 def _compare(
@@ -422,6 +594,10 @@ def export_onnx(
     The file is written atomically and only after ONNX Runtime matched PyTorch on the bundle's
     own input spec (several batch sizes; several frame counts for ``full_video``) and, when
     ``video`` is given, on that decoded video through :func:`models.pipeline.prepare_inputs`.
+    A ``full_video`` network that clusters then gets its two stage graphs, each verified the
+    same way against :class:`models.stream.TorchStages` (the early one on those inputs, the
+    late one on their ``g`` cluster means) and written the same way, after ``model.onnx``,
+    whose bytes hold their weights.
 
     Args:
         bundle: A loaded bundle or its directory.
@@ -431,7 +607,8 @@ def export_onnx(
         optimize: Constant-fold the graph (:func:`export_network`).
 
     Returns:
-        The reloaded bundle, whose manifest lists ``model.onnx``.
+        The reloaded bundle, whose manifest lists ``model.onnx`` (and for a clustering
+        ``full_video`` network ``model.early.onnx`` and ``model.late.onnx``).
 
     Raises:
         ExportError: Unsupported opset, a failed export, or a difference above ``tolerance``
@@ -461,26 +638,8 @@ def export_onnx(
             f"{bundle.path}: ONNX export of {bundle.model_name} failed: {err}"
         ) from err
     export_s = time.perf_counter() - started
-    results: list[Verification] = []
-
-    def write_and_verify(tmp: Path) -> None:
-        tmp.write_bytes(proto.SerializeToString())
-        forward = onnx_forward(tmp)
-        for name, inputs in _verification_inputs(spec, video):
-            result = _compare(name, inputs, model, forward)
-            results.append(result)
-            print(
-                f"{bundle.name}: {name} {list(result.shape)} max abs diff {result.max_abs_diff:.3e}"
-            )
-        worst = max(r.max_abs_diff for r in results)
-        if not worst <= tolerance:
-            raise ExportError(
-                f"{bundle.path}: ONNX Runtime differs from PyTorch by {worst:.6g} "
-                f"(tolerance {tolerance:g}); model.onnx not written"
-            )
-
-    atomic_write(bundle.path / ONNX_FILE, write_and_verify)
-    worst = max(r.max_abs_diff for r in results)
+    cases = _verification_inputs(spec, video)
+    results = _write_verified(bundle, ONNX_FILE, proto.SerializeToString(), cases, model, tolerance)
     dynamic_time = spec.input_frames == 0
     length: int | str = "frames" if dynamic_time else spec.input_frames
     input_shape: list[int | str] = ["clips", 3, length, *spec.input_size]
@@ -497,12 +656,7 @@ def export_onnx(
             ONNX_OUTPUT: {0: "clips"},
         },
         "dims": dims,
-        "max_abs_diff": worst,
-        "tolerance": tolerance,
-        "verified_on": [
-            {"name": r.name, "shape": list(r.shape), "max_abs_diff": r.max_abs_diff}
-            for r in results
-        ],
+        **_verified_entry(results, tolerance),
         "exporter": f"torch.onnx (TorchScript) {torch.__version__}",
         "export_s": round(export_s, 2),
         "optimized": optimize,
@@ -519,9 +673,182 @@ def export_onnx(
                 "function": True,
             }
         ]
-    add_bundle_file(bundle, ONNX_FILE, **info)
+    bundle = add_bundle_file(bundle, ONNX_FILE, **info)
+    stages = stages_for(model)
+    if stages is not None and stages.clustering != "none":
+        _export_stage_files(bundle, model, stages, cases, opset, optimize, tolerance)
     # Reloaded, so the caller sees the manifest as JSON holds it (axis keys as strings).
     return load_bundle(bundle.path)
+
+
+def _write_verified(
+    bundle: Bundle,
+    file: str,
+    data: bytes,
+    cases: list[tuple[str, Tensor]],
+    reference: Callable[[Tensor], Tensor],
+    tolerance: float,
+    *,
+    label: str = "",
+) -> list[Verification]:
+    """Write ``data`` as ``<bundle>/<file>`` atomically, only once ONNX Runtime running the
+    written file (beside the bundle's other files, which external data may point to) matched
+    ``reference`` on every case within ``tolerance``."""
+    results: list[Verification] = []
+
+    def write_and_verify(tmp: Path) -> None:
+        tmp.write_bytes(data)
+        onnx.checker.check_model(str(tmp))  # as written: follows external data to its file
+        forward = onnx_forward(tmp)
+        for name, inputs in cases:
+            result = _compare(name, inputs, reference, forward)
+            results.append(result)
+            print(
+                f"{bundle.name}: {label}{name} {list(result.shape)} "
+                f"max abs diff {result.max_abs_diff:.3e}"
+            )
+        worst = max(r.max_abs_diff for r in results)
+        if not worst <= tolerance:
+            raise ExportError(
+                f"{bundle.path}: ONNX Runtime differs from PyTorch by {worst:.6g} "
+                f"(tolerance {tolerance:g}); {file} not written"
+            )
+
+    atomic_write(bundle.path / file, write_and_verify)
+    return results
+
+
+def _verified_entry(results: list[Verification], tolerance: float) -> dict[str, Any]:
+    return {
+        "max_abs_diff": max(r.max_abs_diff for r in results),
+        "tolerance": tolerance,
+        "verified_on": [
+            {"name": r.name, "shape": list(r.shape), "max_abs_diff": r.max_abs_diff}
+            for r in results
+        ],
+    }
+
+
+def _export_stage_files(
+    bundle: Bundle,
+    model: nn.Module,
+    stages: TorchStages,
+    cases: list[tuple[str, Tensor]],
+    opset: int,
+    optimize: bool,
+    tolerance: float,
+) -> Bundle:
+    """Write, verify and record ``model.early.onnx`` and ``model.late.onnx``."""
+    spec = bundle.spec
+    started = time.perf_counter()
+    try:
+        early, late = export_stages(model, spec, opset=opset, optimize=optimize)
+    except Exception as err:  # the tracer raises many types; name the bundle and the cause
+        raise ExportError(f"{bundle.path}: ONNX export of the stages failed: {err}") from err
+    export_s = round(time.perf_counter() - started, 2)
+    source = (bundle.path / ONNX_FILE).read_bytes()
+    link = {"location": ONNX_FILE, "sha256": hashlib.sha256(source).hexdigest()}
+    common = {
+        "opset": opset,
+        "exporter": f"torch.onnx (TorchScript) {torch.__version__}",
+        "export_s": export_s,
+        "optimized": optimize,
+    }
+    g = stages.num_clusters
+
+    # The early graph on the whole model's inputs: frame counts 1, 9, 33 (and the video).
+    shared, counts = share_weights(early, source, ONNX_FILE)
+    early_results = _write_verified(
+        bundle,
+        ONNX_EARLY_FILE,
+        shared.SerializeToString(),
+        cases,
+        stages.early,
+        tolerance,
+        label="early ",
+    )
+    acts = early_results[0].output_shape[2:]
+    h = stages.context
+    info: dict[str, Any] = {
+        "stage": "early",
+        "inputs": [_shape_entry(ONNX_INPUT, ["clips", 3, "frames", *spec.input_size])],
+        "outputs": [_shape_entry(ONNX_OUTPUT, ["clips", "frames", *acts])],
+        "dynamic_axes": {
+            ONNX_INPUT: {0: "clips", 2: "frames"},
+            ONNX_OUTPUT: {0: "clips", 1: "frames"},
+        },
+        "dims": {
+            "clips": dict(zip(("min", "opt", "max"), STAGE_CLIP_RANGE)),
+            "frames": {"min": 1, "opt": CHUNK_FRAMES, "max": CHUNK_FRAMES + 2 * h},
+        },
+        **_verified_entry(early_results, tolerance),
+        "context": h,
+        "num_clusters": g,
+        "clustering": stages.clustering,
+        "external_data": {**link, **counts},
+        **common,
+    }
+    bundle = add_bundle_file(bundle, ONNX_EARLY_FILE, **info)
+
+    # The late graph on what it gets in the stream: the g cluster means of those frames.
+    with torch.no_grad():
+        means = [
+            (f"{name} -> g={g} means", model.cluster(stages.early(x)))  # type: ignore[operator]
+            for name, x in cases
+        ]
+    shared, counts = share_weights(late, source, ONNX_FILE)
+    late_results = _write_verified(
+        bundle,
+        ONNX_LATE_FILE,
+        shared.SerializeToString(),
+        means,
+        stages.late,
+        tolerance,
+        label="late ",
+    )
+    info = {
+        "stage": "late",
+        "inputs": [_shape_entry(ONNX_INPUT, ["clips", g, *acts])],
+        "outputs": [_shape_entry(ONNX_OUTPUT, ["clips", *late_results[0].output_shape[1:]])],
+        "dynamic_axes": {ONNX_INPUT: {0: "clips"}, ONNX_OUTPUT: {0: "clips"}},
+        "dims": {"clips": dict(zip(("min", "opt", "max"), STAGE_CLIP_RANGE))},
+        **_verified_entry(late_results, tolerance),
+        "num_clusters": g,
+        "external_data": {**link, **counts},
+        **common,
+    }
+    return add_bundle_file(bundle, ONNX_LATE_FILE, **info)
+
+
+def stage_settings(bundle: Bundle) -> dict[str, Any]:
+    """``context``, ``num_clusters`` and ``clustering`` of a bundle's stage graphs, from the
+    manifest entry of ``model.early.onnx``.
+
+    Raises:
+        BundleError: The bundle has no stage graphs, or ``model.onnx``, which holds their
+            weights, changed after they were exported.
+    """
+    for name in (ONNX_EARLY_FILE, ONNX_LATE_FILE):
+        if not bundle.has(name):
+            raise BundleError(
+                f"{bundle.path} has no {name}; run python -m export.onnx --bundle {bundle.path}"
+            )
+        link = bundle.file_info(name).get("external_data")
+        if link and (
+            not bundle.has(link["location"])
+            or bundle.file_info(link["location"])["sha256"] != link["sha256"]
+        ):
+            raise BundleError(
+                f"{bundle.path}: {name} reads its weights from {link['location']} as it was "
+                f"when exported, and that file has changed since; "
+                f"re-run python -m export.onnx --bundle {bundle.path}"
+            )
+    info = bundle.file_info(ONNX_EARLY_FILE)
+    return {
+        "context": int(info["context"]),
+        "num_clusters": int(info["num_clusters"]),
+        "clustering": str(info["clustering"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,11 +884,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, BundleError, VideoError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    info = bundle.file_info(ONNX_FILE)
-    print(
-        f"wrote {bundle.path / ONNX_FILE} (opset {info['opset']}, "
-        f"max abs diff {info['max_abs_diff']:.3e})"
-    )
+    for name in (ONNX_FILE, ONNX_EARLY_FILE, ONNX_LATE_FILE):
+        if name == ONNX_FILE or bundle.has(name):
+            info = bundle.file_info(name)
+            print(
+                f"wrote {bundle.path / name} (opset {info['opset']}, "
+                f"max abs diff {info['max_abs_diff']:.3e})"
+            )
     return 0
 
 

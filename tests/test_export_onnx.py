@@ -1,9 +1,11 @@
 """ONNX export: all four families match PyTorch in ONNX Runtime; the TemporalCluster node and
-its model-local function; dynamic frame counts for full_video; verification failures."""
+its model-local function; dynamic frame counts for full_video; full_video's two stage graphs
+and the streamed recognition on them; verification failures."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +21,27 @@ from export.onnx import (
     CLUSTER_OP,
     PLUGIN_NAMESPACE,
     ExportError,
+    OnnxStages,
     export_onnx,
     main,
     onnx_forward,
     temporal_cluster_function,
 )
 from models import create_model, get_spec
-from models.bundle import Bundle, load_bundle, write_bundle
+from models.bundle import (
+    ONNX_EARLY_FILE,
+    ONNX_FILE,
+    ONNX_LATE_FILE,
+    Bundle,
+    BundleError,
+    add_bundle_file,
+    load_bundle,
+    write_bundle,
+)
 from models.clustering import temporal_cluster
 from models.fileio import sha256_file
+from models.pipeline import decode_for, predict_frames
+from models.stream import CHUNK_FRAMES, TorchStages, recognize_video
 
 # (registry name, constructor kwargs, constant-fold the graph): the unrolled joint LSTM skips
 # the optimizer, which takes ~11 s on its graph and changes nothing ONNX Runtime computes.
@@ -157,6 +171,8 @@ def test_every_family_exports_and_matches_pytorch(
     assert info["dynamic_axes"]["input"] == (
         {"0": "clips", "2": "frames"} if dynamic_time else {"0": "clips"}
     )
+    # Only a clustering full_video network is split into stages.
+    assert bundle.has(ONNX_EARLY_FILE) == bundle.has(ONNX_LATE_FILE) == (name == "full_video_tiny")
 
     graph = onnx.load(path).graph
     assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == [
@@ -257,3 +273,97 @@ def test_onnx_forward_returns_float32_tensor(full_video_bundle: Bundle) -> None:
     x = np.zeros((1, 3, 4, *full_video_bundle.spec.input_size), dtype=np.float32)
     out = onnx_forward(full_video_bundle.path / "model.onnx", threads=1)(torch.from_numpy(x))
     assert out.dtype == torch.float32 and out.shape == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# full_video's stage graphs
+
+
+def test_stage_graphs_are_verified_and_recorded(full_video_bundle: Bundle) -> None:
+    bundle = load_bundle(full_video_bundle.path)  # every checksum, the stage files' included
+    early = bundle.file_info(ONNX_EARLY_FILE)
+    late = bundle.file_info(ONNX_LATE_FILE)
+    assert (early["context"], early["num_clusters"], early["clustering"]) == (2, 8, "cumulative")
+    for info in (early, late):
+        assert info["opset"] == 20 and info["max_abs_diff"] <= info["tolerance"] == 1e-3
+        names = [check["name"] for check in info["verified_on"]]
+        assert [n.split(" -> ")[0] for n in names] == [f"spec N=2 T={t}" for t in (1, 9, 33)]
+        # The weights are read from model.onnx as exported now, not stored a second time.
+        link = info["external_data"]
+        assert link["location"] == ONNX_FILE
+        assert link["sha256"] == bundle.file_info(ONNX_FILE)["sha256"]
+        assert link["tensors"] > 0
+    assert early["inputs"][0]["shape"] == ["clips", 3, "frames", 64, 64]
+    assert early["outputs"][0]["shape"] == ["clips", "frames", 16, 16, 16]
+    assert early["dims"]["frames"] == {"min": 1, "opt": CHUNK_FRAMES, "max": CHUNK_FRAMES + 4}
+    assert late["inputs"][0]["shape"] == ["clips", 8, 16, 16, 16]
+    assert late["outputs"][0]["shape"] == ["clips", 4]
+    assert late["stage"] == "late" and early["stage"] == "early"
+    for name in (ONNX_EARLY_FILE, ONNX_LATE_FILE):
+        assert (bundle.path / name).stat().st_size < 200_000, name
+        graph = onnx.load(bundle.path / name).graph  # follows the external data
+        assert not {n.domain for n in graph.node} - {""}  # no custom node: no plugin needed
+        assert [i.name for i in graph.input] == ["input"]
+        assert [o.name for o in graph.output] == ["output"]
+    dims = onnx.load(bundle.path / ONNX_EARLY_FILE).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims][:3] == ["clips", "", "frames"]
+
+
+def test_stage_graphs_match_the_torch_stages(full_video_bundle: Bundle) -> None:
+    model = full_video_bundle.build_model()
+    torch_stages = TorchStages(model)
+    stages = OnnxStages(full_video_bundle, threads=1)
+    assert (stages.context, stages.num_clusters, stages.clustering) == (2, 8, "cumulative")
+    generator = torch.Generator().manual_seed(7)
+    for frames in (1, 5, CHUNK_FRAMES + 4, 100):
+        x = torch.randn(1, 3, frames, 64, 64, generator=generator)
+        got = stages.early(x)
+        assert got.shape == (1, frames, 16, 16, 16)
+        torch.testing.assert_close(got, torch_stages.early(x), rtol=1e-4, atol=1e-4)
+    means = torch.rand(1, 8, 16, 16, 16, generator=generator)
+    torch.testing.assert_close(stages.late(means), torch_stages.late(means), rtol=1e-4, atol=1e-4)
+
+
+def test_streamed_recognition_on_onnx_stages_equals_torch_and_in_memory(
+    full_video_bundle: Bundle, make_video
+) -> None:
+    # ~100 frames in chunks of 16: several chunks each pass, each early call with context.
+    video = make_video("long.mp4", n=100, height=64, width=64)
+    bundle = full_video_bundle
+    spec = bundle.spec
+    model = bundle.build_model()
+    onnx_answer = recognize_video(
+        video,
+        spec,
+        onnx_forward(bundle.file(ONNX_FILE), threads=1),
+        stages=OnnxStages(bundle, threads=1),
+        chunk_frames=16,
+    )
+    torch_answer = recognize_video(video, spec, model, stages=TorchStages(model), chunk_frames=16)
+    frames, _ = decode_for(video, spec)
+    assert len(frames) == 100
+    with torch.no_grad():
+        in_memory = predict_frames(model, frames, spec)
+    want = in_memory.scores
+    for answer in (onnx_answer, torch_answer):
+        got = answer.prediction.scores
+        assert got.order[:5].tolist() == want.order[:5].tolist()
+        torch.testing.assert_close(got.scores, want.scores, rtol=0, atol=1e-5)
+
+
+def test_stage_graphs_are_refused_once_model_onnx_changed(
+    tmp_path: Path, full_video_bundle: Bundle
+) -> None:
+    copy = load_bundle(shutil.copytree(full_video_bundle.path, tmp_path / "copy"))
+    proto = onnx.load(copy.path / ONNX_FILE)
+    proto.doc_string = "changed"  # another valid model.onnx: other bytes, other offsets
+    onnx.save(proto, copy.path / ONNX_FILE)
+    bundle = add_bundle_file(copy, ONNX_FILE)
+    with pytest.raises(BundleError, match="has changed since"):
+        OnnxStages(bundle)
+
+
+def test_onnx_stages_need_the_stage_graphs(tmp_path: Path) -> None:
+    bundle = export_onnx(_bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4}))
+    with pytest.raises(BundleError, match="no model.early.onnx"):
+        OnnxStages(bundle.path)
