@@ -1,8 +1,10 @@
 """Network backends: PyTorch, ONNX Runtime and TensorRT behind one ``forward`` contract.
 
 A backend is only the network call of :mod:`models.pipeline`: a float32 CPU tensor
-``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out. :func:`choose_backend`
-picks one per bundle (see ``docs/service.md``, "Backends").
+``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out; for ``full_video`` also
+the early/late split the streamed clustering runs (:class:`models.stream.WholeVideoStages`)
+where the backend has one. :func:`choose_backend` picks one per bundle (see
+``docs/service.md``, "Backends").
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.bundle import ONNX_FILE, Bundle, plan_name
+from models.bundle import (
+    ONNX_EARLY_FILE,
+    ONNX_FILE,
+    ONNX_LATE_FILE,
+    Bundle,
+    BundleError,
+    plan_name,
+)
+from models.stream import WholeVideoStages, stages_for
 from service.domain import ServiceError
 
 __all__ = [
@@ -140,11 +150,15 @@ class Backend:
         name: ``torch``, ``onnxruntime`` or ``tensorrt``.
         forward: The network call (see the module docstring).
         info: What it runs on (device, execution providers...), for ``GET /models``.
+        stages: A whole-video network's early/late split (``full_video``), with which a
+            video is clustered in two streamed passes; ``None`` for clip networks, and where
+            the backend has none (a ``full_video`` video is then decoded whole into memory).
     """
 
     name: str
     forward: Callable[[Tensor], Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    stages: WholeVideoStages | None = None
 
 
 def _torch_backend(bundle: Bundle, device: str) -> Backend:
@@ -154,7 +168,7 @@ def _torch_backend(bundle: Bundle, device: str) -> Backend:
         with torch.inference_mode():
             return model(inputs.to(device, non_blocking=True)).float().cpu()
 
-    return Backend("torch", forward, {"device": device})
+    return Backend("torch", forward, {"device": device}, stages_for(model, device))
 
 
 def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
@@ -166,7 +180,33 @@ def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     forward = OnnxForward(bundle.file(ONNX_FILE), threads=threads, providers=providers)
-    return Backend("onnxruntime", forward, {"providers": forward.providers})
+    stages = _onnx_stages(bundle, threads, providers)
+    info: dict[str, Any] = {"providers": forward.providers}
+    if bundle.spec.sampler == "all":
+        info["stages"] = stages is not None
+    return Backend("onnxruntime", forward, info, stages)
+
+
+def _onnx_stages(bundle: Bundle, threads: int, providers: list[str]) -> WholeVideoStages | None:
+    """ONNX Runtime early/late stages of a full_video bundle that ships both stage graphs,
+    where ``export.onnx`` provides them (``OnnxStages``); else ``None`` (the video is then
+    decoded whole into memory). Stale stage graphs are logged and left unused."""
+    if not (bundle.has(ONNX_EARLY_FILE) and bundle.has(ONNX_LATE_FILE)):
+        return None
+    make = getattr(importlib.import_module("export.onnx"), "OnnxStages", None)
+    if make is None:
+        return None
+    try:
+        stages: WholeVideoStages = make(bundle, threads=threads or None, providers=providers)
+    except (BundleError, TypeError) as err:
+        log.warning(
+            "%s: the ONNX stage graphs are not usable (%s); full_video videos are decoded "
+            "whole into memory",
+            bundle.name,
+            err,
+        )
+        return None
+    return stages
 
 
 def _tensorrt_backend(bundle: Bundle) -> Backend:

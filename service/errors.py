@@ -26,6 +26,7 @@ __all__ = [
     "ERROR_RESPONSES",
     "ApiError",
     "ErrorBody",
+    "error_of",
     "error_response",
     "install_error_handlers",
     "status_of",
@@ -85,6 +86,19 @@ def status_of(err: ServiceError | VideoError) -> int:
         if cls in DOMAIN_STATUS:
             return DOMAIN_STATUS[cls]
     return 500
+
+
+def error_of(err: BaseException) -> tuple[int, str, str] | None:
+    """``(status, code, message)`` of an error the service answers by its kind (its own,
+    domain and video errors), as the handlers below answer it; ``None`` for any other
+    exception (a bug: 500 ``internal``)."""
+    if isinstance(err, ApiError):
+        return err.status, err.code, err.message
+    if isinstance(err, ServiceError):
+        return status_of(err), err.code, err.message
+    if isinstance(err, VideoError):
+        return status_of(err), err.code, str(err) or err.code
+    return None
 
 
 class _ErrorDetail(BaseModel):
@@ -154,6 +168,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "upload larger than max_upload_bytes, or video over the duration, frame or resolution caps"
     ),
     415: _doc("the file holds no video stream (e.g. audio only)"),
-    422: _doc("bad parameters: no `file` field, not multipart/form-data, bad label"),
+    422: _doc(
+        "bad parameters: no `file` field, not multipart/form-data, bad label, "
+        "`timeline` not true/false, `window_s` not a number above 0"
+    ),
     503: _doc("not ready, queue full, or the request timed out; see Retry-After"),
 }

@@ -1,30 +1,72 @@
 """The work of one request, run on a :class:`service.queue.WorkQueue` thread.
 
-Decode (the shared PyAV decoder at the bundle's decode size, with the service's caps) under a
-decode slot, then sampling, network and aggregation on an inference thread. The uploaded temp
-file is removed as soon as it is decoded, and again in ``finally`` whatever happens.
+A recognition streams the uploaded file through :func:`models.stream.recognize_video` (one
+chunk of frames at a time, at the bundle's decode size, under the service's caps) while
+holding a decode slot; each network call runs on an inference thread, the decode slot given
+back while it waits (see :class:`_Network`). The uploaded temp file is removed in ``finally``
+whatever happens (the route removes it again on its way out).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from torch import Tensor
 
-from models.pipeline import decode_for
+from models.pipeline import Forward
+from models.stream import WholeVideoStages
 from service.metrics import Metrics
 from service.queue import WorkQueue
+from service.schemas import TimelineSegment
 from service.settings import Settings
 from service.store import LoadedModel, Outcome
 from video.decode import DecodeLimits, VideoMeta
 
-__all__ = ["RecognitionResult", "decode_limits", "embed_job", "recognize_job"]
+__all__ = [
+    "EmbedTask",
+    "RecognitionResult",
+    "RecognitionTask",
+    "decode_limits",
+    "embed_job",
+    "recognize_job",
+]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecognitionTask:
+    """What one recognition is asked for.
+
+    Attributes:
+        path: The uploaded video file.
+        timeline: Answer the timeline too.
+        window_s: Seconds per timeline window (ms3d, full_video).
+        on_segment: Called on the job thread with each timeline segment as soon as it is
+            known (a streamed answer); implies computing the timeline.
+        cancelled: Polled between decoded chunks; ``True`` stops the job
+            (:class:`models.stream.Cancelled`).
+    """
+
+    path: Path
+    timeline: bool = False
+    window_s: float = 10.0
+    on_segment: Callable[[TimelineSegment], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class EmbedTask:
+    """Example videos to embed for enrolment, and the job's stop flag."""
+
+    paths: list[Path]
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,39 +80,70 @@ class RecognitionResult:
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
-    """The caps every uploaded video is decoded under."""
+    """The caps every uploaded video is decoded under (``max_frames`` 0 or unset: none)."""
     return DecodeLimits(
-        max_frames=settings.max_frames,
+        max_frames=settings.max_frames or None,
         max_duration_s=settings.max_duration_s,
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_upload_bytes,
     )
 
 
-def _decode(
-    model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue, metrics: Metrics
-) -> tuple[np.ndarray, VideoMeta, float]:
-    with queue.decoding():
-        started = time.perf_counter()
+class _Network:
+    """One job's network calls, each run on an inference thread and timed there.
+
+    Made inside :meth:`WorkQueue.decoding`: the decode slot is given back while a call waits
+    for (and runs on) its inference thread, so :attr:`decode_s` (the time holding the slot:
+    decoding, sampling, input preparation, aggregation) and :attr:`infer_s` (the time in
+    network calls) add up to the job's work, without its waits for a slot or a thread.
+    """
+
+    def __init__(self, queue: WorkQueue) -> None:
+        self.queue = queue
+        self.decode_s = 0.0
+        self.infer_s = 0.0
+        self._mark = time.perf_counter()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        self.decode_s += time.perf_counter() - self._mark
         try:
-            frames, meta = decode_for(
-                path, model.spec, limits=decode_limits(settings), threads=settings.decode_threads
-            )
+            with self.queue.decode_paused():
+                result, seconds = self.queue.infer(_timed, fn, *args)
+            self.infer_s += seconds
+            return result
         finally:
-            path.unlink(missing_ok=True)
-        seconds = time.perf_counter() - started
-    metrics.decode_seconds.labels(model.name).observe(seconds)
-    return frames, meta, seconds * 1000.0
+            self._mark = time.perf_counter()
+
+    def finish(self) -> None:
+        """Close the decode-time account (at the end of the work)."""
+        self.decode_s += time.perf_counter() - self._mark
+        self._mark = time.perf_counter()
+
+    def forward(self, fn: Forward) -> Forward:
+        def call(inputs: Tensor) -> Tensor:
+            return self.call(fn, inputs)
+
+        return call
+
+    def stages(self, stages: WholeVideoStages | None) -> WholeVideoStages | None:
+        return None if stages is None else _QueuedStages(stages, self)
 
 
-def recognize_job(
-    model: LoadedModel, path: Path, settings: Settings, queue: WorkQueue, metrics: Metrics
-) -> RecognitionResult:
-    """Decode the uploaded video at ``path`` and recognise it with ``model``."""
-    frames, meta, decode_ms = _decode(model, path, settings, queue, metrics)
-    outcome, seconds = queue.infer(_timed, model.predict, frames)
-    metrics.inference_seconds.labels(model.name, model.backend.name).observe(seconds)
-    return RecognitionResult(outcome, meta, decode_ms, seconds * 1000.0)
+class _QueuedStages:
+    """:class:`WholeVideoStages` whose two calls run as :class:`_Network` calls."""
+
+    def __init__(self, stages: WholeVideoStages, network: _Network) -> None:
+        self._stages = stages
+        self._network = network
+        self.context = stages.context
+        self.num_clusters = stages.num_clusters
+        self.clustering = stages.clustering
+
+    def early(self, x: Tensor) -> Tensor:
+        return self._network.call(self._stages.early, x)
+
+    def late(self, segments: Tensor) -> Tensor:
+        return self._network.call(self._stages.late, segments)
 
 
 def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
@@ -80,16 +153,74 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
-def embed_job(
-    model: LoadedModel, paths: list[Path], settings: Settings, queue: WorkQueue, metrics: Metrics
-) -> list[np.ndarray]:
-    """Walk embeddings of each example video, for enrolment."""
-    out: list[np.ndarray] = []
+@contextmanager
+def _decoding(
+    model: LoadedModel, queue: WorkQueue, metrics: Metrics, paths: list[Path]
+) -> Iterator[_Network]:
+    """A decode slot and the network account for the block; the temp files are removed on the
+    way out, and the stage times go to the metrics."""
     try:
-        for path in paths:
-            frames, _, _ = _decode(model, path, settings, queue, metrics)
-            out.append(queue.infer(model.embed, frames))
+        with queue.decoding():
+            network = _Network(queue)
+            yield network
+            network.finish()
+        metrics.decode_seconds.labels(model.name).observe(network.decode_s)
+        metrics.inference_seconds.labels(model.name, model.backend.name).observe(network.infer_s)
     finally:
         for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def recognize_job(
+    model: LoadedModel,
+    task: RecognitionTask | Path,
+    settings: Settings,
+    queue: WorkQueue,
+    metrics: Metrics,
+) -> RecognitionResult:
+    """Recognise the uploaded video (a task, or just its path) with ``model``."""
+    if not isinstance(task, RecognitionTask):
+        task = RecognitionTask(Path(task))
+    with _decoding(model, queue, metrics, [task.path]) as network:
+        outcome = model.recognize(
+            task.path,
+            forward=network.forward(model.backend.forward),
+            stages=network.stages(model.backend.stages),
+            limits=decode_limits(settings),
+            threads=settings.decode_threads,
+            timeline=task.timeline or task.on_segment is not None,
+            window_s=task.window_s,
+            on_segment=task.on_segment,
+            cancelled=task.cancelled,
+        )
+    assert outcome.meta is not None  # made from a file
+    return RecognitionResult(outcome, outcome.meta, network.decode_s * 1e3, network.infer_s * 1e3)
+
+
+def embed_job(
+    model: LoadedModel,
+    task: EmbedTask | list[Path],
+    settings: Settings,
+    queue: WorkQueue,
+    metrics: Metrics,
+) -> list[np.ndarray]:
+    """Walk embeddings of each example video, for enrolment."""
+    if not isinstance(task, EmbedTask):
+        task = EmbedTask(list(task))
+    out: list[np.ndarray] = []
+    try:
+        for path in task.paths:
+            with _decoding(model, queue, metrics, [path]) as network:
+                out.append(
+                    model.embed(
+                        path,
+                        forward=network.forward(model.backend.forward),
+                        limits=decode_limits(settings),
+                        threads=settings.decode_threads,
+                        cancelled=task.cancelled,
+                    )
+                )
+    finally:
+        for path in task.paths:
             path.unlink(missing_ok=True)
     return out

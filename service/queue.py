@@ -1,9 +1,10 @@
 """The bounded work queue: admission tickets, a job pool, decode slots and inference threads.
 
 At most ``capacity`` requests hold a :class:`Ticket` at once; a job runs on the pool, holding
-one of ``decode_slots`` while it decodes and running inference on one of ``infer_slots``
-dedicated threads. A ticket is returned when its job finishes (or never starts), not when the
-request gives up (see ``docs/service.md``, "How a request flows, and why").
+one of ``decode_slots`` while it decodes and running each network call on one of
+``infer_slots`` dedicated threads. A ticket is returned when its job finishes (or never
+starts), not when the request gives up (see ``docs/service.md``, "How a request flows, and
+why").
 """
 
 from __future__ import annotations
@@ -119,6 +120,17 @@ class WorkQueue:
         """Hold a decode slot (call from a job thread)."""
         with self._decode:
             yield
+
+    @contextmanager
+    def decode_paused(self) -> Iterator[None]:
+        """Give the decode slot back for the block and take one again after (call from a job
+        thread inside :meth:`decoding`): a streamed recognition waits for its network calls
+        without keeping another video from decoding."""
+        self._decode.release()
+        try:
+            yield
+        finally:
+            self._decode.acquire()
 
     def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on an inference thread and wait for it (call from a job thread)."""

@@ -18,6 +18,7 @@ __all__ = [
     "Ready",
     "RecognizeResponse",
     "Scored",
+    "TimelineSegment",
     "Timing",
 ]
 
@@ -31,8 +32,11 @@ class Scored(BaseModel):
 
 
 class Timing(BaseModel):
-    decode: float = Field(description="milliseconds decoding the upload")
-    infer: float = Field(description="milliseconds sampling, running the network, aggregating")
+    decode: float = Field(
+        description="milliseconds decoding the upload, sampling and preparing the network "
+        "inputs, aggregating (the recognition's time outside network calls)"
+    )
+    infer: float = Field(description="milliseconds in network calls")
     total: float = Field(description="milliseconds from the request's arrival to the answer")
 
 
@@ -61,6 +65,15 @@ class Detail(BaseModel):
     )
 
 
+class TimelineSegment(BaseModel):
+    """One stretch of the video and its answer by the family's own rule."""
+
+    start_s: float = Field(description="where the segment starts, in seconds")
+    end_s: float = Field(description="where it ends (the last one: the video's end)")
+    top5: list[Scored] = Field(description="best first, scored as the whole answer's top5")
+    unknown: bool = Field(description="ms3d: the segment's nearest distance >= gamma")
+
+
 class RecognizeResponse(BaseModel):
     model: str = Field(description="the bundle that answered")
     family: str
@@ -72,6 +85,12 @@ class RecognizeResponse(BaseModel):
     duration_s: float
     timing_ms: Timing
     detail: Detail
+    timeline: list[TimelineSegment] | None = Field(
+        default=None,
+        description="only when asked (form field timeline=true, or a streamed answer): "
+        "segments in time order covering [0, duration_s]; one per clip for c3d_vll and "
+        "attention_lstm, one per window_s window for ms3d and full_video",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -73,9 +73,14 @@ class Settings(BaseSettings):
         default=100_000_000, gt=0, description="largest uploaded file (413 above)"
     )
     max_duration_s: float = Field(
-        default=300.0, gt=0, description="longest video in seconds (413 above)"
+        default=4 * 3600.0, gt=0, description="longest video in seconds (413 above)"
     )
-    max_frames: int = Field(default=9000, gt=0, description="most frames in a video (413 above)")
+    max_frames: int | None = Field(
+        default=None,
+        ge=0,
+        description="most frames in a video (413 above); 0 or unset: no cap (videos are "
+        "streamed, so memory does not grow with their length)",
+    )
     max_pixels: int = Field(
         default=3840 * 2160, gt=0, description="largest source frame as width*height (413 above)"
     )
@@ -85,7 +90,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=120.0,
         gt=0,
-        description="upload + decode + inference budget of one request (503 after)",
+        description="upload + decode + inference budget of one request (503 after); a "
+        "streamed answer is bounded by it only until its response starts",
+    )
+    segment_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="streamed answers: longest wait for the next line while the job makes "
+        "no progress (a decoded chunk is progress); a final error line `timeout` after",
     )
 
     # --- load

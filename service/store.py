@@ -1,16 +1,20 @@
 """The served models: bundles loaded from the store, their backends, and MS3D class enrolment.
 
-A recognition is :func:`models.pipeline.predict_frames` with the bundle's stored spec (and, for
-ms3d, the repository's centres and gamma), as in ``training.evaluate``. Enrolment edits a copy
-of the repository and swaps it in (see ``docs/service.md``, "MS3D class enrolment").
+A recognition is :func:`models.stream.recognize_video` on the uploaded file with the bundle's
+stored spec (and, for ms3d, the repository's centres and gamma), as in ``training.evaluate``;
+enrolment embeds through :func:`models.stream.stream_outputs`, as training built the
+repository. Enrolment edits a copy of the repository and swaps it in (see
+``docs/service.md``, "MS3D class enrolment").
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +30,15 @@ from models.bundle import (
     is_bundle,
     load_bundle,
 )
-from models.pipeline import Prediction, embed_video, predict_frames
+from models.pipeline import Forward, Prediction, embed_video
 from models.repository import Repository, RepositoryError
 from models.spec import VariantSpec
+from models.stream import Segment, WholeVideoStages, recognize_video, stream_outputs
 from service.backends import Backend, BackendUnavailable, load_backend
 from service.domain import ServiceError
-from service.schemas import Detail, Distance, ModelInfo
+from service.schemas import Detail, Distance, ModelInfo, Scored, TimelineSegment
 from service.settings import Settings
+from video.decode import DecodeLimits, VideoMeta
 
 __all__ = [
     "EmptyRepository",
@@ -44,6 +50,7 @@ __all__ = [
     "UnknownClass",
     "UnknownModel",
     "detail_of",
+    "segment_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,14 +90,35 @@ class EmptyRepository(ServiceError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """One video's answer with the labels and threshold it was judged against."""
+    """One video's answer with the labels and threshold it was judged against.
+
+    Attributes:
+        prediction: The answer.
+        labels: Class names in index order, as judged (the repository's at the time).
+        gamma: ms3d's threshold.
+        meta: What the decoder saw (``None`` for an answer not made from a file).
+        timeline: The segments, when asked for.
+    """
 
     prediction: Prediction
     labels: list[str]
     gamma: float | None
+    meta: VideoMeta | None = None
+    timeline: list[TimelineSegment] | None = None
 
     def top(self, k: int = TOP_K) -> list[tuple[str, float]]:
         return topk(self.prediction.scores, k, self.labels)
+
+
+def segment_of(segment: Segment, labels: list[str]) -> TimelineSegment:
+    """A timeline segment as the API answers it: top-5 by the segment's own scores and, for
+    ms3d, whether the segment alone is rejected."""
+    return TimelineSegment(
+        start_s=segment.start_s,
+        end_s=segment.end_s,
+        top5=[Scored(label=k, score=v) for k, v in topk(segment.scores, TOP_K, labels)],
+        unknown=segment.scores.unknown,
+    )
 
 
 @dataclass
@@ -132,8 +160,38 @@ class LoadedModel:
         repo = self.repository
         return repo.names if repo is not None else self.bundle.labels
 
-    def predict(self, frames: np.ndarray) -> Outcome:
-        """The video's answer, through the shared pipeline."""
+    def recognize(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        forward: Forward,
+        stages: WholeVideoStages | None,
+        limits: DecodeLimits | None = None,
+        threads: int = 2,
+        timeline: bool = False,
+        window_s: float = 10.0,
+        on_segment: Callable[[TimelineSegment], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Outcome:
+        """The answer for the video file at ``path``, streamed through the shared path.
+
+        Args:
+            path: The video file (read once or twice, by family).
+            forward: The network call (the backend's, or a wrapper of it).
+            stages: The backend's whole-video stages (or a wrapper of them), ``None`` if none.
+            limits: Decode caps.
+            threads: Decoder threads.
+            timeline: Keep the timeline in the outcome.
+            window_s: Seconds per timeline window (ms3d, full_video).
+            on_segment: Called with each timeline segment as soon as it is known (implies
+                computing the timeline).
+            cancelled: Polled between decoded chunks; ``True`` stops the work with
+                :class:`models.stream.Cancelled`.
+
+        Raises:
+            EmptyRepository: An ms3d model without a class.
+            video.errors.VideoError: The file is not a decodable video within ``limits``.
+        """
         repo = self.repository  # one snapshot: enrolment swaps the reference, never edits it
         centres = gamma = None
         labels = self.bundle.labels
@@ -141,20 +199,56 @@ class LoadedModel:
             if not len(repo):
                 raise EmptyRepository(f"model {self.name!r} has no enrolled class to judge against")
             centres, gamma, labels = repo.centres_tensor(), repo.gamma, repo.names
-        pred = predict_frames(
-            self.backend.forward,
-            frames,
+        segments: list[TimelineSegment] = []
+
+        def emit(segment: Segment) -> None:
+            answer = segment_of(segment, labels)
+            segments.append(answer)
+            if on_segment is not None:
+                on_segment(answer)
+
+        streamed = timeline or on_segment is not None
+        answer = recognize_video(
+            path,
             self.spec,
+            forward,
+            stages=stages,
             batch_size=self.batch_size,
             max_inputs=self.max_inputs,
             centres=centres,
             gamma=gamma,
+            limits=limits,
+            threads=threads,
+            timeline=streamed,
+            window_s=window_s,
+            on_segment=emit if streamed else None,
+            cancelled=cancelled,
         )
-        return Outcome(pred, labels, gamma)
+        return Outcome(
+            answer.prediction, labels, gamma, answer.meta, segments if timeline else None
+        )
 
-    def embed(self, frames: np.ndarray) -> np.ndarray:
-        """``(P, D)`` walk embeddings of one video, as the repository was built in training."""
-        return embed_video(self.backend.forward, frames, self.spec, batch_size=self.batch_size)
+    def embed(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        forward: Forward,
+        limits: DecodeLimits | None = None,
+        threads: int = 2,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """``(P, D)`` walk embeddings of the video file at ``path``, as the repository was
+        built in training (every walk, no cap)."""
+        outputs, _, _ = stream_outputs(
+            path,
+            self.spec,
+            forward,
+            batch_size=self.batch_size,
+            limits=limits,
+            threads=threads,
+            cancelled=cancelled,
+        )
+        return outputs.numpy()
 
     def enrol(self, label: str, embeddings: list[np.ndarray]) -> tuple[bool, int]:
         """Add class ``label`` from per-video embeddings, or fold them into its centre.
@@ -270,7 +364,7 @@ def _warm_up(model: LoadedModel) -> None:
     frames = np.random.default_rng(0).integers(
         0, 256, size=(max(2 * d.input_frames, 32), height, width, 3), dtype=np.uint8
     )
-    model.embed(frames)
+    embed_video(model.backend.forward, frames, d, batch_size=model.batch_size)
 
 
 class ModelStore:

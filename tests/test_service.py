@@ -167,8 +167,11 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/recognize"]["post"]
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert schema["required"] == ["file"] and set(schema["properties"]) == {"file", "model"}
+    assert schema["required"] == ["file"]
+    assert set(schema["properties"]) == {"file", "model", "timeline", "window_s"}
     assert {"400", "404", "413", "415", "422", "503"} <= set(post["responses"])
+    # the 200 answer is JSON, or NDJSON lines when asked for
+    assert {"application/json", "application/x-ndjson"} <= set(post["responses"]["200"]["content"])
     fields = spec["components"]["schemas"]["RecognizeResponse"]["properties"]
     assert {
         "model",
@@ -181,6 +184,7 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
         "duration_s",
         "timing_ms",
         "detail",
+        "timeline",  # only answered when asked for
     } == set(fields)
     assert {
         "/models/{name}/classes",

@@ -1,30 +1,42 @@
 """The scaffolding of a route that uploads videos and runs a job: admission to the queue, the
-request's time budget, the multipart form, the job, and the cleanup afterwards."""
+request's time budget, the multipart form, the job, the streamed answer, and the cleanup
+afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import CancelledError as FutureCancelled
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 
 from service.api.deps import ServiceState
-from service.errors import ApiError
+from service.errors import ApiError, error_of
 from service.metrics import Metrics
 from service.queue import QueueFull, Ticket, WorkQueue
 from service.settings import Settings
 from service.store import LoadedModel
 from service.uploads import Form, read_form
 
-__all__ = ["Admission", "admit", "admitted", "timed_out"]
+__all__ = ["Admission", "Channel", "Lines", "admit", "admitted", "timed_out"]
+
+log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item a job pushes to its streamed answer
 
 # A job of service.jobs: (model, what to work on, settings, queue, metrics) -> result.
 Job = Callable[[LoadedModel, A, Settings, WorkQueue, Metrics], T]
+
+# How often a streamed answer waiting for its next line checks the client and the job.
+_POLL_S = 0.5
 
 
 def admit(state: ServiceState) -> Ticket:
@@ -38,21 +50,23 @@ def admit(state: ServiceState) -> Ticket:
         ) from None
 
 
-def timed_out(state: ServiceState) -> ApiError:
-    """The 503 answered when a request outlives ``request_timeout_s``."""
+def timed_out(state: ServiceState, message: str | None = None) -> ApiError:
+    """The 503 answered when a request outlives its time budget."""
     state.metrics.rejected.labels("timeout").inc()
     return ApiError(
         503,
         "timeout",
-        f"the request took longer than request_timeout_s={state.settings.request_timeout_s} s",
+        message
+        or f"the request took longer than request_timeout_s={state.settings.request_timeout_s} s",
         state.retry_after(),
     )
 
 
 class Admission:
-    """One admitted request: its ticket and, once read, its form.
+    """One admitted request: its ticket, its form once read, and its stop flag.
 
-    Made by :func:`admitted`, which returns the ticket and removes the form's temp files.
+    Made by :func:`admitted`, which closes it on the way out (:meth:`close`), unless a
+    streamed answer took it over (:meth:`stream`), which closes it when the stream ends.
     """
 
     def __init__(self, state: ServiceState, request: Request, ticket: Ticket) -> None:
@@ -60,10 +74,25 @@ class Admission:
         self.request = request
         self.ticket = ticket
         self.form: Form | None = None
+        self._stop = threading.Event()
+        self.handed_over = False
 
     def deadline(self) -> asyncio.Timeout:
         """The request's time budget, ``request_timeout_s`` (503 ``timeout`` past it)."""
         return asyncio.timeout(self.state.settings.request_timeout_s)
+
+    def cancelled(self) -> bool:
+        """Whether the request gave up (finished, timed out, client gone): a job polls it
+        between decoded chunks and stops. Thread-safe."""
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Stop the job at its next chunk, return the ticket (unless the job holds it: it
+        returns it when it ends), then remove the form's temp files. Idempotent."""
+        self._stop.set()
+        self.ticket.release()
+        if self.form is not None:
+            self.form.cleanup()
 
     async def read_form(self, *, file_fields: set[str], max_files: int = 1) -> Form:
         """Stream the multipart body to temp files under the upload caps (the form is kept
@@ -78,13 +107,186 @@ class Admission:
         )
         return self.form
 
-    async def run(self, job: Job[A, T], model: LoadedModel, what: A) -> T:
-        """Run ``job`` for ``model`` on the work queue; the job holds the ticket from now on."""
+    def _submit(self, job: Job[A, T], model: LoadedModel, what: A) -> asyncio.Future[T]:
         state = self.state
         self.request.state.model = model.name
-        return await state.queue.submit(
+        return state.queue.submit(
             self.ticket, job, model, what, state.settings, state.queue, state.metrics
         )
+
+    async def run(self, job: Job[A, T], model: LoadedModel, what: A) -> T:
+        """Run ``job`` for ``model`` on the work queue; the job holds the ticket from now on."""
+        return await self._submit(job, model, what)
+
+    def channel(self) -> Channel[Any]:
+        """A channel from a job thread to this request's streamed answer (see :meth:`stream`);
+        make it on the event loop, and give its :meth:`Channel.push` and
+        :meth:`Channel.poll` to the job."""
+        return Channel(asyncio.get_running_loop(), self._stop)
+
+    async def stream(
+        self,
+        job: Job[A, T],
+        model: LoadedModel,
+        what: A,
+        channel: Channel[I],
+        *,
+        item_line: Callable[[I], dict[str, Any]],
+        result_line: Callable[[T], dict[str, Any]],
+    ) -> Lines[I, T]:
+        """Run ``job`` as :meth:`run` does, for a streamed answer.
+
+        Waits (under the caller's budget, e.g. :meth:`deadline`) until the job has started
+        on its input (its first :meth:`Channel.poll`): an error before that propagates, to be
+        answered as a normal JSON error. From then on the answer is the returned
+        :class:`Lines`, which owns this admission: it closes it when the stream ends, however
+        it ends (client gone included), instead of :func:`admitted`.
+        """
+        future = self._submit(job, model, what)
+        future.add_done_callback(channel.job_done)
+        try:
+            await channel.started()
+        except BaseException:
+            future.cancel()
+            raise
+        self.handed_over = True
+        return Lines(self, channel, future, item_line, result_line)
+
+
+class Channel(Generic[I]):
+    """What a job thread tells its streamed answer on the event loop: items as they come
+    (:meth:`push`), its progress and whether the answer is still wanted (:meth:`poll`), and
+    its end (:meth:`job_done`, on the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        self._loop = loop
+        self._stop = stop
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._started = False
+        self._pending: tuple[str, Any] | None = None
+        self.progress = time.monotonic()  # last poll (read on the loop, written by the job)
+
+    # --- on the job thread
+
+    def push(self, item: I) -> None:
+        """Send ``item`` to the answer (thread-safe, never blocks)."""
+        self._send("item", item)
+
+    def poll(self) -> bool:
+        """The job's poll between chunks: progress made; ``True`` when it should stop."""
+        self.progress = time.monotonic()
+        if not self._started:
+            self._started = True
+            self._send("started", None)
+        return self._stop.is_set()
+
+    def _send(self, kind: str, value: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: the server is gone, nobody reads
+            pass
+
+    # --- on the event loop
+
+    def job_done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # read here, so an answer that went away leaves no warning
+        self._events.put_nowait(("done", future))
+
+    async def started(self) -> None:
+        """Wait until the job has begun on its input (its first poll or item); raises the
+        job's error if it ends before."""
+        event = await self._events.get()
+        kind, value = event
+        if kind == "done":
+            value.result()  # raises the job's error
+        if kind != "started":
+            self._pending = event  # an item, or a result made without polling: streamed next
+
+    async def next(self, timeout: float) -> tuple[str, Any]:
+        """The next event, or ``("wait", None)`` after ``timeout`` seconds without one."""
+        if self._pending is not None:
+            event, self._pending = self._pending, None
+            return event
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return "wait", None
+
+
+class Lines(Generic[I, T]):
+    """A streamed answer as NDJSON lines: one per item the job pushes, then one for its
+    result, or a last ``{"error": {"code", "message"}}`` line when the job fails, or when
+    ``segment_timeout_s`` passes with neither a line nor progress of the job (``timeout``).
+
+    Iterating it owns the admission: when the iteration ends (the last line, or the
+    response cancelled because the client went away) the job is told to stop and the
+    admission is closed.
+    """
+
+    def __init__(
+        self,
+        admission: Admission,
+        channel: Channel[I],
+        future: asyncio.Future[T],
+        item_line: Callable[[I], dict[str, Any]],
+        result_line: Callable[[T], dict[str, Any]],
+    ) -> None:
+        self.admission = admission
+        self.channel = channel
+        self.future = future
+        self.item_line = item_line
+        self.result_line = result_line
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        state = self.admission.state
+        limit = state.settings.segment_timeout_s
+        last = time.monotonic()
+        try:
+            while True:
+                kind, value = await self.channel.next(min(_POLL_S, limit))
+                if kind == "item":
+                    yield _line(self.item_line(value))
+                    last = time.monotonic()
+                elif kind == "done":
+                    yield _line(self._end(value))
+                    return
+                elif kind == "wait":
+                    if await self.admission.request.is_disconnected():
+                        return
+                    if time.monotonic() - max(last, self.channel.progress) > limit:
+                        err = timed_out(
+                            state,
+                            f"no progress for segment_timeout_s={limit} s while streaming",
+                        )
+                        yield _line(_error(err.code, err.message))
+                        return
+        finally:
+            self.future.cancel()
+            self.admission.close()
+
+    def _end(self, future: asyncio.Future[T]) -> dict[str, Any]:
+        try:
+            return self.result_line(future.result())
+        except (asyncio.CancelledError, FutureCancelled):
+            return _error("internal", "the job was cancelled")
+        except Exception as err:
+            known = error_of(err)
+            if known is None:
+                log.exception("streamed job failed")
+                return _error("internal", "internal error; see the server log")
+            _, code, message = known
+            return _error(code, message)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + (
+        b"\n"
+    )
 
 
 @asynccontextmanager
@@ -92,8 +294,11 @@ async def admitted(state: ServiceState, request: Request) -> AsyncIterator[Admis
     """Admit ``request`` (503 ``overloaded`` when the queue is full) for the ``with`` block.
 
     A :class:`TimeoutError` out of the block (from :meth:`Admission.deadline`) is answered as
-    503 ``timeout``. On the way out, whatever happened, the ticket is released (a no-op once a
-    job holds it: the job returns it) and then the form's temp files are removed.
+    503 ``timeout``. On the way out, whatever happened, the admission is closed: the job
+    told to stop (it stops at its next decoded chunk), the ticket released (a no-op once a
+    job holds it: the job returns it when it ends) and then the form's temp files removed;
+    unless a streamed answer took the admission over (:meth:`Admission.stream`), which
+    closes it when the stream ends.
     """
     admission = Admission(state, request, admit(state))
     try:
@@ -101,6 +306,5 @@ async def admitted(state: ServiceState, request: Request) -> AsyncIterator[Admis
     except TimeoutError:
         raise timed_out(state) from None
     finally:
-        admission.ticket.release()
-        if admission.form is not None:
-            admission.form.cleanup()
+        if not admission.handed_over:
+            admission.close()

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.admission import admitted
 from service.api.deps import ReadyState
 from service.errors import ERROR_RESPONSES, ApiError
-from service.jobs import embed_job
+from service.jobs import EmbedTask, embed_job
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse
 from service.store import LoadedModel
 from service.uploads import multipart_body
@@ -91,7 +91,8 @@ async def enrol(
                     "missing_file",
                     "no example video: send one or more as multipart field 'file'",
                 )
-            embeddings = await work.run(embed_job, model, [f.path for f in files])
+            task = EmbedTask([f.path for f in files], cancelled=work.cancelled)
+            embeddings = await work.run(embed_job, model, task)
         # Outside the time budget: a persisted change is never answered as a failure. File
         # I/O under a lock, so off the event loop too.
         created, _ = await asyncio.to_thread(model.enrol, label, embeddings)
