@@ -4,7 +4,10 @@
 the ``TemporalCluster`` plugin (:mod:`export.plugin`), parses ``DIR/model.onnx``, builds one
 optimisation profile from the dimension ranges the manifest records, and writes
 ``DIR/model.<gpu-name>.plan`` atomically, recorded in the manifest (GPU, TensorRT version,
-precision, profile). The builder's timing cache is kept beside the bundle.
+precision, profile). The builder's timing cache is kept beside the bundle. A bundle with
+full_video's two stage graphs (``model.early.onnx``, ``model.late.onnx``; see
+:mod:`export.onnx`) also gets ``model.early.<gpu-name>.plan`` and ``model.late.<gpu-name>.plan``
+(:func:`stage_plan_name`), profiles from their manifest entries (:func:`stage_profiles`).
 
 ``tensorrt`` is imported lazily; without it the command exits with status 2 and one line
 saying what to install. Precision and profiles: docs/export.md#tensorrt.
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import (
+    ONNX_EARLY_FILE,
     ONNX_FILE,
     ONNX_INPUT,
+    ONNX_LATE_FILE,
     Bundle,
     BundleError,
     add_bundle_file,
@@ -29,7 +34,20 @@ from models.bundle import (
 )
 from models.fileio import atomic_write_bytes
 
-__all__ = ["TensorRTMissing", "INSTALL_HINT", "build_engine", "profile_shapes", "main"]
+__all__ = [
+    "TensorRTMissing",
+    "INSTALL_HINT",
+    "STAGE_FILES",
+    "build_engine",
+    "profile_shapes",
+    "stage_plan_name",
+    "stage_profiles",
+    "main",
+]
+
+# full_video's stage graphs, each built into its own plan.
+STAGE_FILES = (ONNX_EARLY_FILE, ONNX_LATE_FILE)
+Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 INSTALL_HINT = (
@@ -56,10 +74,29 @@ def _import_tensorrt() -> Any:
     return trt
 
 
-def profile_shapes(
-    onnx_info: dict[str, Any], *, max_frames: int | None = None
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """``(min, opt, max)`` input shapes from the manifest entry of ``model.onnx``.
+def stage_plan_name(onnx_file: str, gpu_name: str) -> str:
+    """The plan of one stage graph: its name with the GPU's as in :func:`plan_name`.
+
+    >>> stage_plan_name("model.early.onnx", "NVIDIA H100 80GB HBM3")
+    'model.early.nvidia-h100-80gb-hbm3.plan'
+    """
+    return onnx_file.removesuffix(".onnx") + plan_name(gpu_name).removeprefix("model")
+
+
+def stage_profiles(bundle: Bundle, gpu_name: str) -> list[tuple[str, str, Shapes]]:
+    """``(onnx file, plan file, (min, opt, max) shapes)`` of each stage graph the bundle lists
+    (none for a bundle without them), from their manifest entries: the early graph's frames
+    from 1 over the stream's chunk to the chunk plus the shift's context on both sides, the
+    late graph's one fixed shape."""
+    return [
+        (name, stage_plan_name(name, gpu_name), profile_shapes(bundle.file_info(name)))
+        for name in STAGE_FILES
+        if bundle.has(name)
+    ]
+
+
+def profile_shapes(onnx_info: dict[str, Any], *, max_frames: int | None = None) -> Shapes:
+    """``(min, opt, max)`` input shapes from the manifest entry of an ONNX file.
 
     Named axes (``clips``, ``frames``) take their ranges from ``onnx_info["dims"]``;
     ``max_frames`` overrides the largest frame count (and caps the optimum).
@@ -72,7 +109,7 @@ def profile_shapes(
         dims = onnx_info["dims"]
     except (KeyError, IndexError):
         raise BundleError(
-            "manifest entry of model.onnx lacks inputs/dims; re-run python -m export.onnx"
+            "manifest entry of the ONNX file lacks inputs/dims; re-run python -m export.onnx"
         ) from None
     ranges = {name: [int(r["min"]), int(r["opt"]), int(r["max"])] for name, r in dims.items()}
     if max_frames is not None and "frames" in ranges:
@@ -93,11 +130,14 @@ def profile_shapes(
     return tuple(out[0]), tuple(out[1]), tuple(out[2])
 
 
-def _parse(trt: Any, network: Any, logger: Any, path: Path) -> None:
+def _parse(trt: Any, network: Any, logger: Any, path: Path) -> Any:
+    """Parse ``path`` into ``network`` (from the file, so external data is found beside it);
+    returns the parser, which owns the weights and must live until the build is done."""
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {path}: {errors}")
+    return parser
 
 
 def build_engine(
@@ -107,13 +147,15 @@ def build_engine(
     workspace_gb: float = 4.0,
     max_frames: int | None = None,
 ) -> Bundle:
-    """Build and record ``model.<gpu-name>.plan`` for the current GPU.
+    """Build and record ``model.<gpu-name>.plan`` for the current GPU, and the plans of the
+    stage graphs when the bundle has them (:func:`stage_profiles`).
 
     Args:
         bundle: A bundle that already holds ``model.onnx``.
         fp16: Allow FP16 kernels (weakly typed network + FP16 flag); FP32 otherwise.
         workspace_gb: Builder workspace limit, GiB.
-        max_frames: Largest frame count the ``full_video`` profile accepts.
+        max_frames: Largest frame count the ``full_video`` profile of ``model.onnx`` accepts
+            (the early stage's comes from its manifest entry).
 
     Returns:
         The reloaded bundle.
@@ -130,7 +172,6 @@ def build_engine(
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    onnx_path = bundle.file(ONNX_FILE)
     onnx_info = bundle.file_info(ONNX_FILE)
     shapes = profile_shapes(onnx_info, max_frames=max_frames)
     if onnx_info.get("custom_ops"):
@@ -139,47 +180,69 @@ def build_engine(
 
     gpu = torch.cuda.get_device_name()
     plan = plan_name(gpu)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    strongly_typed = not fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
-    _parse(trt, network, logger, onnx_path)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(ONNX_INPUT, *shapes)
-    config.add_optimization_profile(profile)
-
     cache_path = (
         bundle.path.parent / f"{bundle.name}.{plan[len('model.') : -len('.plan')]}.timing-cache"
     )
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(
-            f"TensorRT failed to build an engine from {onnx_path} (see the log above)"
+    builder = _Builder(trt, fp16=fp16, workspace_gb=workspace_gb, cache_path=cache_path)
+    builds = [(ONNX_FILE, plan, shapes), *stage_profiles(bundle, gpu)]
+    for onnx_file, plan_file, file_shapes in builds:
+        info = bundle.file_info(onnx_file)
+        builder.build(bundle.file(onnx_file), file_shapes, bundle.path / plan_file)
+        names = ("min", "opt", "max")
+        bundle = add_bundle_file(
+            bundle,
+            plan_file,
+            gpu=gpu,
+            tensorrt=trt.__version__,
+            onnx=onnx_file,
+            precision="fp16" if fp16 else "fp32",
+            strongly_typed=builder.strongly_typed,
+            profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, file_shapes)}}],
+            workspace_gb=workspace_gb,
+            plugins=[f"{op['plugin_namespace']}::{op['op']}" for op in info.get("custom_ops", [])],
+            timing_cache=cache_path.name,
         )
-    atomic_write_bytes(bundle.path / plan, bytes(serialized))
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    names = ("min", "opt", "max")
-    return add_bundle_file(
-        bundle,
-        plan,
-        gpu=gpu,
-        tensorrt=trt.__version__,
-        precision="fp16" if fp16 else "fp32",
-        strongly_typed=strongly_typed,
-        profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, shapes)}}],
-        workspace_gb=workspace_gb,
-        plugins=[f"{op['plugin_namespace']}::{op['op']}" for op in onnx_info.get("custom_ops", [])],
-        timing_cache=cache_path.name,
-    )
+    return bundle
+
+
+class _Builder:
+    """One TensorRT builder and timing cache for the plans of a bundle."""
+
+    def __init__(self, trt: Any, *, fp16: bool, workspace_gb: float, cache_path: Path) -> None:
+        self.trt = trt
+        self.fp16 = fp16
+        self.workspace = int(workspace_gb * (1 << 30))
+        self.cache_path = cache_path
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.builder = trt.Builder(self.logger)
+        flags = trt.NetworkDefinitionCreationFlag
+        self.strongly_typed = not fp16 and hasattr(flags, "STRONGLY_TYPED")
+        self.flags = 1 << int(flags.STRONGLY_TYPED) if self.strongly_typed else 0
+
+    def build(self, onnx_path: Path, shapes: Shapes, plan_path: Path) -> None:
+        """Parse ``onnx_path``, build it for one profile of ``shapes``, write ``plan_path``
+        and the timing cache atomically."""
+        trt = self.trt
+        network = self.builder.create_network(self.flags)
+        parser = _parse(trt, network, self.logger, onnx_path)
+        config = self.builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace)
+        if self.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = self.builder.create_optimization_profile()
+        profile.set_shape(ONNX_INPUT, *shapes)
+        config.add_optimization_profile(profile)
+        path = self.cache_path
+        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        serialized = self.builder.build_serialized_network(network, config)
+        del parser  # only now: the network's weights were the parser's
+        if serialized is None:
+            raise RuntimeError(
+                f"TensorRT failed to build an engine from {onnx_path} (see the log above)"
+            )
+        atomic_write_bytes(plan_path, bytes(serialized))
+        atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,20 +3,33 @@
 The plan of a bundle is built per GPU model by ``python -m export.trt`` and named
 :func:`plan_name` of the device name. :class:`TrtEngine` registers the ``TemporalCluster``
 plugin (:mod:`export.plugin`) before deserialising, so ``full_video`` engines load too.
-``tensorrt`` is imported lazily: this module imports on machines without it.
+:class:`TrtStages` runs full_video's two stage plans (``model.early.<gpu>.plan``,
+``model.late.<gpu>.plan``) as the :class:`models.stream.WholeVideoStages` of the streamed
+two-pass clustering. ``tensorrt`` is imported lazily: this module imports on machines without
+it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from models.bundle import ONNX_INPUT, ONNX_OUTPUT, Bundle, BundleError, plan_name
+from export.trt import stage_plan_name
+from models.bundle import (
+    ONNX_EARLY_FILE,
+    ONNX_INPUT,
+    ONNX_LATE_FILE,
+    ONNX_OUTPUT,
+    Bundle,
+    BundleError,
+    plan_name,
+)
 
-__all__ = ["TrtEngine", "tensorrt_available"]
+__all__ = ["TrtEngine", "TrtStages", "early_in_windows", "tensorrt_available"]
 
 
 def tensorrt_available() -> bool:
@@ -33,6 +46,8 @@ class TrtEngine:
 
     Args:
         bundle: A bundle whose manifest lists ``model.<gpu>.plan`` for this GPU.
+        stage: A stage graph's ONNX name (``model.early.onnx``, ``model.late.onnx``): run its
+            plan (:func:`export.trt.stage_plan_name`) instead.
 
     Raises:
         RuntimeError: No TensorRT or no CUDA device, no plan for this GPU, or a plan TensorRT
@@ -40,7 +55,7 @@ class TrtEngine:
             says which.
     """
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, *, stage: str | None = None) -> None:
         try:
             import tensorrt as trt
         except ImportError:
@@ -51,7 +66,7 @@ class TrtEngine:
             raise RuntimeError("TensorRT backend unavailable: no CUDA device")
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.gpu = torch.cuda.get_device_name(self.device)
-        self.plan = plan_name(self.gpu)
+        self.plan = plan_name(self.gpu) if stage is None else stage_plan_name(stage, self.gpu)
         try:
             path = bundle.file(self.plan)
         except BundleError:
@@ -65,9 +80,10 @@ class TrtEngine:
                 f"{path} was built with TensorRT {info['tensorrt']}, "
                 f"this is {trt.__version__}; rebuild it"
             )
-        from export.plugin import register
+        if stage is None or info.get("plugins"):  # the stage graphs hold no custom node
+            from export.plugin import register
 
-        register()
+            register()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -123,3 +139,62 @@ class TrtEngine:
             "min_shape": list(self.min_shape),
             "max_shape": list(self.max_shape),
         }
+
+
+def early_in_windows(
+    early: Callable[[Tensor], Tensor], x: Tensor, max_frames: int, context: int
+) -> Tensor:
+    """``early(x)`` for ``(N, 3, T, H, W)`` frames, run on windows of at most ``max_frames``
+    frames when ``T`` is larger: each window computes a run of frames with ``context`` frames
+    on both sides (the temporal shift's reach), so the result equals one call on all of
+    ``x``.
+
+    Raises:
+        ValueError: ``max_frames`` leaves no frame beside the context.
+    """
+    frames = x.shape[2]
+    if frames <= max_frames:
+        return early(x)
+    step = max_frames - 2 * context
+    if step < 1:
+        raise ValueError(f"{max_frames} frames per call leave none beside {context} on each side")
+    outs = []
+    for start in range(0, frames, step):
+        stop = min(frames, start + step)
+        low, high = max(0, start - context), min(frames, stop + context)
+        outs.append(early(x[:, :, low:high])[:, start - low : stop - low])
+    return torch.cat(outs, dim=1)
+
+
+class TrtStages:
+    """:class:`models.stream.WholeVideoStages` backed by the bundle's two stage plans for the
+    current GPU (built by ``python -m export.trt`` from ``model.early.onnx`` and
+    ``model.late.onnx``); ``context``, ``num_clusters`` and ``clustering`` come from the
+    manifest entry of ``model.early.onnx``.
+
+    Raises:
+        RuntimeError: As :class:`TrtEngine`, for either plan.
+        BundleError: The bundle has no stage graphs.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        info = bundle.file_info(ONNX_EARLY_FILE)
+        self.context = int(info["context"])
+        self.num_clusters = int(info["num_clusters"])
+        self.clustering = str(info["clustering"])
+        self._early = TrtEngine(bundle, stage=ONNX_EARLY_FILE)
+        self._late = TrtEngine(bundle, stage=ONNX_LATE_FILE)
+        self.max_frames = int(self._early.max_shape[2])
+
+    def early(self, x: Tensor) -> Tensor:
+        """``(1, 3, t, H, W)`` frames -> ``(1, t, C, h, w)`` layer1 activations; more frames
+        than the profile takes run in windows (:func:`early_in_windows`)."""
+        return early_in_windows(self._early, x, self.max_frames, self.context)
+
+    def late(self, segments: Tensor) -> Tensor:
+        """``(1, g, C, h, w)`` cluster means -> ``(1, num_classes)`` logits."""
+        return self._late(segments)
+
+    def describe(self) -> dict[str, Any]:
+        """Both plans, as :meth:`TrtEngine.describe`."""
+        return {"early": self._early.describe(), "late": self._late.describe()}

@@ -1,5 +1,6 @@
-"""TensorRT export: the CLI without TensorRT, plan names, profiles from the manifest, the
-plugin's GPU kernel against the PyTorch clustering, and (marker ``tensorrt``) real engines."""
+"""TensorRT export: the CLI without TensorRT, plan names, profiles from the manifest (full_video's
+stage plans included), the windowed early stage, the plugin's GPU kernel against the PyTorch
+clustering, and (marker ``tensorrt``) real engines."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ import pytest
 import torch
 
 from export._kernels import temporal_cluster_cuda, triton_available
-from export.trt import INSTALL_HINT, profile_shapes
-from export.trt_runtime import TrtEngine, plan_name, tensorrt_available
-from models.bundle import Bundle
+from export.trt import INSTALL_HINT, profile_shapes, stage_plan_name, stage_profiles
+from export.trt_runtime import (
+    TrtEngine,
+    TrtStages,
+    early_in_windows,
+    plan_name,
+    tensorrt_available,
+)
+from models.bundle import ONNX_EARLY_FILE, ONNX_LATE_FILE, Bundle
 from models.clustering import temporal_cluster
+from models.stream import CHUNK_FRAMES, TorchStages
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -80,6 +88,61 @@ def test_profile_shapes_from_the_manifest() -> None:
         "dims": {"clips": info["dims"]["clips"]},
     }
     assert profile_shapes(clips_only, max_frames=20)[2] == (16, 3, 16, 56, 56)
+
+
+def test_stage_plan_names() -> None:
+    gpu = "NVIDIA H100 80GB HBM3"
+    assert stage_plan_name(ONNX_EARLY_FILE, gpu) == "model.early.nvidia-h100-80gb-hbm3.plan"
+    assert stage_plan_name(ONNX_LATE_FILE, gpu) == "model.late.nvidia-h100-80gb-hbm3.plan"
+    assert stage_plan_name(ONNX_EARLY_FILE, gpu) != plan_name(gpu)
+
+
+def test_stage_profiles_from_an_exported_manifest(tmp_path: Path) -> None:
+    bundle = _exported_bundle(tmp_path, "full_video_tiny")
+    context = bundle.file_info(ONNX_EARLY_FILE)["context"]
+    assert context == 2
+    early, late = stage_profiles(bundle, "NVIDIA H200")
+    # Frames: 1, the stream's chunk, the chunk plus the context on both sides; one video.
+    assert early == (
+        ONNX_EARLY_FILE,
+        "model.early.nvidia-h200.plan",
+        ((1, 3, 1, 64, 64), (1, 3, CHUNK_FRAMES, 64, 64), (1, 3, CHUNK_FRAMES + 4, 64, 64)),
+    )
+    # The g = 8 cluster means of layer1 (16 channels, 16x16): one fixed shape.
+    assert late == (ONNX_LATE_FILE, "model.late.nvidia-h200.plan", ((1, 8, 16, 16, 16),) * 3)
+    without = Bundle(tmp_path, {"files": {"weights.safetensors": {"sha256": ""}}})
+    assert stage_profiles(without, "NVIDIA H200") == []
+
+
+def test_early_in_windows_equals_one_call() -> None:
+    from models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("full_video_tiny", num_classes=4)
+    stages = TorchStages(model.eval())
+    x = torch.randn(1, 3, 50, 64, 64, generator=torch.Generator().manual_seed(4))
+    calls: list[int] = []
+
+    def early(chunk: torch.Tensor) -> torch.Tensor:
+        calls.append(chunk.shape[2])
+        return stages.early(chunk)
+
+    got = early_in_windows(early, x, 12, stages.context)
+    assert max(calls) <= 12 and len(calls) == 7  # 50 frames, 8 per window
+    torch.testing.assert_close(got, stages.early(x), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    early_in_windows(early, x[:, :, :12], 12, stages.context)
+    assert calls == [12]
+    with pytest.raises(ValueError, match="leave none"):
+        early_in_windows(early, x, 4, 2)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_trt_stages_refuse_clearly_without_tensorrt(tmp_path: Path) -> None:
+    early = {"sha256": "", "context": 2, "num_clusters": 8, "clustering": "cumulative"}
+    bundle = Bundle(tmp_path, {"files": {ONNX_EARLY_FILE: early, ONNX_LATE_FILE: {}}})
+    with pytest.raises(RuntimeError, match="tensorrt package"):
+        TrtStages(bundle)
 
 
 @pytest.mark.parametrize("method", ["cumulative", "slope", "uniform"])
@@ -177,3 +240,32 @@ def test_engine_matches_pytorch(tmp_path: Path, name: str) -> None:
         with torch.no_grad():
             expected = model(x)
         torch.testing.assert_close(engine(x), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_stage_engines_match_torch_stages(tmp_path: Path, make_video) -> None:
+    from export.trt import build_engine
+    from models.pipeline import decode_for, predict_frames
+    from models.stream import recognize_video
+
+    bundle = build_engine(_exported_bundle(tmp_path, "full_video_tiny"), max_frames=64)
+    gpu = torch.cuda.get_device_name()
+    for name in (ONNX_EARLY_FILE, ONNX_LATE_FILE):
+        assert bundle.manifest["files"][stage_plan_name(name, gpu)]["onnx"] == name
+    stages = TrtStages(bundle)
+    model = bundle.build_model()
+    reference = TorchStages(model)
+    assert stages.max_frames == CHUNK_FRAMES + 2 * reference.context
+    for frames in (1, 9, CHUNK_FRAMES + 4, 150):  # 150: beyond the profile, in windows
+        x = torch.randn(1, 3, frames, 64, 64)
+        torch.testing.assert_close(stages.early(x), reference.early(x), rtol=1e-3, atol=1e-3)
+    means = torch.rand(1, 8, 16, 16, 16)
+    torch.testing.assert_close(stages.late(means), reference.late(means), rtol=1e-3, atol=1e-3)
+    video = make_video("long.mp4", n=100, height=64, width=64)
+    got = recognize_video(video, bundle.spec, model, stages=stages, chunk_frames=16)
+    frames_uint8, _ = decode_for(video, bundle.spec)
+    with torch.no_grad():
+        want = predict_frames(model, frames_uint8, bundle.spec)
+    assert got.prediction.scores.order.tolist() == want.scores.order.tolist()
+    torch.testing.assert_close(got.prediction.scores.scores, want.scores.scores, atol=1e-3, rtol=0)
