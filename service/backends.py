@@ -182,16 +182,21 @@ def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
     forward = OnnxForward(bundle.file(ONNX_FILE), threads=threads, providers=providers)
     stages = _onnx_stages(bundle, threads, providers)
     info: dict[str, Any] = {"providers": forward.providers}
-    if bundle.spec.sampler == "all":
+    if _ships_stages(bundle):
         info["stages"] = stages is not None
     return Backend("onnxruntime", forward, info, stages)
+
+
+def _ships_stages(bundle: Bundle) -> bool:
+    """The bundle lists full_video's two stage graphs."""
+    return bundle.has(ONNX_EARLY_FILE) and bundle.has(ONNX_LATE_FILE)
 
 
 def _onnx_stages(bundle: Bundle, threads: int, providers: list[str]) -> WholeVideoStages | None:
     """ONNX Runtime early/late stages of a full_video bundle that ships both stage graphs,
     where ``export.onnx`` provides them (``OnnxStages``); else ``None`` (the video is then
     decoded whole into memory). Stale stage graphs are logged and left unused."""
-    if not (bundle.has(ONNX_EARLY_FILE) and bundle.has(ONNX_LATE_FILE)):
+    if not _ships_stages(bundle):
         return None
     make = getattr(importlib.import_module("export.onnx"), "OnnxStages", None)
     if make is None:
@@ -225,7 +230,32 @@ def _tensorrt_backend(bundle: Bundle) -> Backend:
             # count): a video past it is too large for this engine, not a server fault.
             raise InputTooLarge(str(err)) from None
 
-    return Backend("tensorrt", forward, engine.describe())
+    info = engine.describe()
+    stages = _trt_stages(bundle)
+    if _ships_stages(bundle):
+        info["stages"] = stages is not None
+    return Backend("tensorrt", forward, info, stages)
+
+
+def _trt_stages(bundle: Bundle) -> WholeVideoStages | None:
+    """TensorRT early/late stages of a full_video bundle with stage plans for this GPU, where
+    ``export.trt_runtime`` provides them (``TrtStages``); else ``None`` (logged)."""
+    if not _ships_stages(bundle):
+        return None
+    make = getattr(importlib.import_module("export.trt_runtime"), "TrtStages", None)
+    if make is None:
+        return None
+    try:
+        stages: WholeVideoStages = make(bundle)
+    except (RuntimeError, BundleError, TypeError) as err:
+        log.warning(
+            "%s: no usable TensorRT stage plans (%s); full_video videos are decoded whole "
+            "into memory",
+            bundle.name,
+            err,
+        )
+        return None
+    return stages
 
 
 def load_backend(

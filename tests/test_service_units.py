@@ -354,3 +354,73 @@ def test_distance_detail_is_sorted_and_gamma_inf_is_null() -> None:
         ],
         "gamma": None,
     }
+
+
+# ----------------------------------------------------------------------------- streaming parts
+
+
+@pytest.mark.parametrize(
+    ("accept", "streamed"),
+    [
+        ("application/x-ndjson", True),
+        ("application/json, application/x-ndjson;q=0.9", True),
+        (" Application/X-NDJSON ", True),
+        ("application/json", False),
+        ("*/*", False),
+        ("", False),
+    ],
+)
+def test_ndjson_is_asked_for_by_accept(accept: str, streamed: bool) -> None:
+    from service.api.recognize import wants_ndjson
+
+    assert wants_ndjson(accept) is streamed
+
+
+def test_error_of_gives_the_answer_of_each_known_error() -> None:
+    from service.errors import ApiError, error_of
+    from service.store import UnknownModel
+    from video.errors import CorruptVideoError
+
+    assert error_of(CorruptVideoError("tail")) == (400, "corrupt_video", "tail")
+    assert error_of(UnknownModel("x")) == (404, "unknown_model", "x")
+    assert error_of(ApiError(503, "timeout", "slow")) == (503, "timeout", "slow")
+    assert error_of(RuntimeError("bug")) is None
+
+
+def test_a_job_gives_its_decode_slot_back_while_it_waits_for_the_network() -> None:
+    q = WorkQueue(capacity=2, decode_slots=1, infer_slots=1)
+    in_network = threading.Event()
+    other_decoded = threading.Event()
+
+    def streaming_job() -> bool:
+        with q.decoding():
+            with q.decode_paused():
+                in_network.set()
+                return other_decoded.wait(5)  # another video decodes meanwhile
+
+    def other_job() -> bool:
+        in_network.wait(5)
+        with q.decoding():
+            other_decoded.set()
+        return True
+
+    async def scenario() -> tuple[bool, bool]:
+        return await asyncio.gather(
+            q.submit(q.reserve(), streaming_job), q.submit(q.reserve(), other_job)
+        )
+
+    assert list(asyncio.run(scenario())) == [True, True]
+    q.shutdown()
+
+
+def test_settings_admit_long_videos_and_bound_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.jobs import decode_limits
+
+    monkeypatch.setenv("ACTREC_MAX_FRAMES", "0")
+    monkeypatch.setenv("ACTREC_SEGMENT_TIMEOUT_S", "30")
+    s = Settings()
+    assert (s.max_frames, s.segment_timeout_s, s.max_duration_s) == (0, 30.0, 14400.0)
+    assert decode_limits(s).max_frames is None
+    monkeypatch.setenv("ACTREC_SEGMENT_TIMEOUT_S", "0")
+    with pytest.raises(ValidationError):
+        Settings()
