@@ -79,10 +79,14 @@ class RecognitionResult:
     infer_ms: float
 
 
-def decode_limits(settings: Settings) -> DecodeLimits:
-    """The caps every uploaded video is decoded under (``max_frames`` 0 or unset: none)."""
+def decode_limits(settings: Settings, model: LoadedModel | None = None) -> DecodeLimits:
+    """The caps every uploaded video is decoded under (``max_frames`` 0 or unset: none), and
+    ``max_frames_in_memory`` for a model that holds a video whole in memory."""
+    max_frames = settings.max_frames or None
+    if model is not None and model.holds_whole_video:
+        max_frames = min(max_frames or settings.max_frames_in_memory, settings.max_frames_in_memory)
     return DecodeLimits(
-        max_frames=settings.max_frames or None,
+        max_frames=max_frames,
         max_duration_s=settings.max_duration_s,
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_upload_bytes,
@@ -186,7 +190,7 @@ def recognize_job(
             task.path,
             forward=network.forward(model.backend.forward),
             stages=network.stages(model.backend.stages),
-            limits=decode_limits(settings),
+            limits=decode_limits(settings, model),
             threads=settings.decode_threads,
             timeline=task.timeline or task.on_segment is not None,
             window_s=task.window_s,
@@ -215,7 +219,7 @@ def embed_job(
                     model.embed(
                         path,
                         forward=network.forward(model.backend.forward),
-                        limits=decode_limits(settings),
+                        limits=decode_limits(settings, model),
                         threads=settings.decode_threads,
                         cancelled=task.cancelled,
                     )

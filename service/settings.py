@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="most frames in a video (413 above); 0 or unset: no cap (videos are "
         "streamed, so memory does not grow with their length)",
     )
+    max_frames_in_memory: int = Field(
+        default=9000,
+        ge=1,
+        description="most frames of a video for a model that holds a video whole in memory "
+        "(full_video without stage graphs for its backend, or without clustering; 413 above)",
+    )
     max_pixels: int = Field(
         default=3840 * 2160, gt=0, description="largest source frame as width*height (413 above)"
     )

@@ -151,6 +151,15 @@ class LoadedModel:
         return self.bundle.spec
 
     @property
+    def holds_whole_video(self) -> bool:
+        """Whether a video is decoded whole into memory rather than streamed: full_video
+        without its backend's stages, or without clustering (see :mod:`models.stream`)."""
+        if self.spec.sampler != "all":
+            return False
+        stages = self.backend.stages
+        return stages is None or stages.clustering == "none"
+
+    @property
     def enrollable(self) -> bool:
         return self.repository is not None
 

@@ -728,6 +728,26 @@ def test_a_damaged_tail_over_the_real_server(
 # ----------------------------------------------------------------------------- limits
 
 
+def test_a_model_that_holds_the_video_whole_gets_the_in_memory_frame_cap(
+    store: Path, tmp_path: Path, videos: dict[str, Path]
+) -> None:
+    app = create_app(_settings(store, tmp_path, max_frames_in_memory=500, warmup=False))
+    with TestClient(app) as c:
+        full = app.state.service.store.models[FULL]
+        streams = full.backend.stages is not None
+        assert full.holds_whole_video is not streams
+        assert not app.state.service.store.models[C3D].holds_whole_video
+        # 750 frames: over the in-memory cap, but only a model that holds them whole cares
+        assert _post(c, videos["long"], C3D).status_code == 200
+        if streams:
+            assert _post(c, videos["long"], FULL).status_code == 200
+            full.backend.stages = None  # as a backend without stage graphs
+        assert full.holds_whole_video
+        _assert_error(_post(c, videos["long"], FULL), 413, "video_too_large")
+        assert _post(c, videos["short"], FULL).status_code == 200
+    _no_uploads_left(tmp_path)
+
+
 def test_long_videos_are_admitted_by_default() -> None:
     s = Settings()
     assert s.max_duration_s == 4 * 3600 and s.max_frames is None
@@ -736,3 +756,4 @@ def test_long_videos_are_admitted_by_default() -> None:
     assert limits.max_frames is None and limits.max_duration_s == 14400
     assert decode_limits(Settings(max_frames=0)).max_frames is None  # 0: no cap either
     assert decode_limits(Settings(max_frames=500)).max_frames == 500
+    assert s.max_frames_in_memory == 9000
