@@ -37,7 +37,10 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 _DESCRIPTION = """\
 Action recognition over HTTP. `POST /recognize` takes a video (multipart field `file`, optional
-`model`) and answers its top-5 labels. Errors are JSON `{"error": {"code", "message"}}`:
+`model`, `timeline`, `window_s`) and answers its top-5 labels, with `timeline=true` also per
+clip or window; with `Accept: application/x-ndjson` as JSON lines while the video is read
+(`{"segment"}`... then `{"result"}` or `{"error"}`). Errors are JSON
+`{"error": {"code", "message"}}`:
 400 not a decodable video, 404 unknown model, 413 too large/long, 415 no video stream,
 422 bad parameters, 503 overloaded/not ready/timed out (with Retry-After).
 """
