@@ -52,6 +52,9 @@ class RecognitionTask:
             known (a streamed answer); implies computing the timeline.
         cancelled: Polled between decoded chunks; ``True`` stops the job
             (:class:`models.stream.Cancelled`).
+        waiting: Called with ``True`` when the job starts waiting for a network call (for an
+            inference thread, then the call itself) and ``False`` when the call returns: how
+            a streamed answer tells a stuck job from one that is decoding.
     """
 
     path: Path
@@ -59,6 +62,7 @@ class RecognitionTask:
     window_s: float = 10.0
     on_segment: Callable[[TimelineSegment], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    waiting: Callable[[bool], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,20 +106,25 @@ class _Network:
     network calls) add up to the job's work, without its waits for a slot or a thread.
     """
 
-    def __init__(self, queue: WorkQueue) -> None:
+    def __init__(self, queue: WorkQueue, waiting: Callable[[bool], None] | None = None) -> None:
         self.queue = queue
+        self.waiting = waiting
         self.decode_s = 0.0
         self.infer_s = 0.0
         self._mark = time.perf_counter()
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         self.decode_s += time.perf_counter() - self._mark
+        if self.waiting is not None:
+            self.waiting(True)
         try:
             with self.queue.decode_paused():
                 result, seconds = self.queue.infer(_timed, fn, *args)
             self.infer_s += seconds
             return result
         finally:
+            if self.waiting is not None:
+                self.waiting(False)
             self._mark = time.perf_counter()
 
     def finish(self) -> None:
@@ -159,13 +168,17 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
 
 @contextmanager
 def _decoding(
-    model: LoadedModel, queue: WorkQueue, metrics: Metrics, paths: list[Path]
+    model: LoadedModel,
+    queue: WorkQueue,
+    metrics: Metrics,
+    paths: list[Path],
+    waiting: Callable[[bool], None] | None = None,
 ) -> Iterator[_Network]:
     """A decode slot and the network account for the block; the temp files are removed on the
     way out, and the stage times go to the metrics."""
     try:
         with queue.decoding():
-            network = _Network(queue)
+            network = _Network(queue, waiting)
             yield network
             network.finish()
         metrics.decode_seconds.labels(model.name).observe(network.decode_s)
@@ -185,7 +198,7 @@ def recognize_job(
     """Recognise the uploaded video (a task, or just its path) with ``model``."""
     if not isinstance(task, RecognitionTask):
         task = RecognitionTask(Path(task))
-    with _decoding(model, queue, metrics, [task.path]) as network:
+    with _decoding(model, queue, metrics, [task.path], task.waiting) as network:
         outcome = model.recognize(
             task.path,
             forward=network.forward(model.backend.forward),

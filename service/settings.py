@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     segment_timeout_s: float = Field(
         default=120.0,
         gt=0,
-        description="streamed answers: longest wait for the next line while the job makes "
-        "no progress (a decoded chunk is progress); a final error line `timeout` after",
+        description="streamed answers: longest wait for the next line while the job is held "
+        "in one network call (waiting for an inference thread, or in the call); a last error "
+        "line `timeout` after. Decoding is never cut",
     )
 
     # --- load

@@ -487,7 +487,7 @@ def test_a_stream_that_keeps_decoding_is_not_cut(
     store: Path, tmp_path: Path, videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ms3d with one window: no line until the whole video is read, far longer than
-    segment_timeout_s here; every decoded chunk is progress, so the stream goes on."""
+    segment_timeout_s here; a job that is decoding is not stuck, so the stream goes on."""
     import models.stream
 
     original = models.stream.iter_video_chunks

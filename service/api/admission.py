@@ -155,8 +155,9 @@ class Admission:
 
 class Channel(Generic[I]):
     """What a job thread tells its streamed answer on the event loop: items as they come
-    (:meth:`push`), its progress and whether the answer is still wanted (:meth:`poll`), and
-    its end (:meth:`job_done`, on the loop)."""
+    (:meth:`push`), that it has started and whether the answer is still wanted
+    (:meth:`poll`), when it waits for a network call (:meth:`waiting`), and its end
+    (:meth:`job_done`, on the loop)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
         self._loop = loop
@@ -164,7 +165,9 @@ class Channel(Generic[I]):
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._started = False
         self._pending: tuple[str, Any] | None = None
-        self.progress = time.monotonic()  # last poll (read on the loop, written by the job)
+        # Since when the job waits for a network call, or None (written by the job thread,
+        # read on the loop: one reference, swapped whole).
+        self.waiting_since: float | None = None
 
     # --- on the job thread
 
@@ -173,12 +176,15 @@ class Channel(Generic[I]):
         self._send("item", item)
 
     def poll(self) -> bool:
-        """The job's poll between chunks: progress made; ``True`` when it should stop."""
-        self.progress = time.monotonic()
+        """The job's poll between chunks: ``True`` when it should stop."""
         if not self._started:
             self._started = True
             self._send("started", None)
         return self._stop.is_set()
+
+    def waiting(self, flag: bool) -> None:
+        """The job starts (``True``) or ends (``False``) waiting for a network call."""
+        self.waiting_since = time.monotonic() if flag else None
 
     def _send(self, kind: str, value: Any) -> None:
         try:
@@ -216,8 +222,10 @@ class Channel(Generic[I]):
 
 class Lines(Generic[I, T]):
     """A streamed answer as NDJSON lines: one per item the job pushes, then one for its
-    result, or a last ``{"error": {"code", "message"}}`` line when the job fails, or when
-    ``segment_timeout_s`` passes with neither a line nor progress of the job (``timeout``).
+    result, or a last ``{"error": {"code", "message"}}`` line when the job fails, or when it
+    is stuck: held in one network call (waiting for an inference thread, or in the call)
+    for ``segment_timeout_s`` without a line meanwhile (``timeout``). A job that is decoding
+    is never cut, however long its passes over the video take.
 
     Iterating it owns the admission: when the iteration ends (the last line, or the
     response cancelled because the client went away) the job is told to stop and the
@@ -254,10 +262,12 @@ class Lines(Generic[I, T]):
                 elif kind == "wait":
                     if await self.admission.request.is_disconnected():
                         return
-                    if time.monotonic() - max(last, self.channel.progress) > limit:
+                    since = self.channel.waiting_since
+                    if since is not None and time.monotonic() - max(last, since) > limit:
                         err = timed_out(
                             state,
-                            f"no progress for segment_timeout_s={limit} s while streaming",
+                            f"the recognition waited for the network for longer than "
+                            f"segment_timeout_s={limit} s without a line",
                         )
                         yield _line(_error(err.code, err.message))
                         return

@@ -96,7 +96,12 @@ async def recognize(request: Request, state: ReadyState) -> Response | Recognize
         if streamed:
             channel = work.channel()
             task = RecognitionTask(
-                path, True, window_s, on_segment=channel.push, cancelled=channel.poll
+                path,
+                True,
+                window_s,
+                on_segment=channel.push,
+                cancelled=channel.poll,
+                waiting=channel.waiting,
             )
 
             def result_line(result: RecognitionResult) -> dict[str, Any]:
