@@ -120,8 +120,8 @@ class Admission:
 
     def channel(self) -> Channel[Any]:
         """A channel from a job thread to this request's streamed answer (see :meth:`stream`);
-        make it on the event loop, and give its :meth:`Channel.push` and
-        :meth:`Channel.poll` to the job."""
+        make it on the event loop, and give its :meth:`Channel.push`, :meth:`Channel.poll`
+        and :meth:`Channel.waiting` to the job."""
         return Channel(asyncio.get_running_loop(), self._stop)
 
     async def stream(
