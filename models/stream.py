@@ -177,6 +177,11 @@ class _Reader:
         self.threads, self.chunk, self.cancelled = threads, chunk, cancelled
         self.meta: VideoMeta | None = None
 
+    def check(self, _frames: int = 0) -> None:
+        """Raise :class:`Cancelled` once the caller asked to stop."""
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("recognition cancelled")
+
     def frames(self) -> Iterator[np.ndarray]:
         """One pass: ``(t, H, W, 3)`` uint8 chunks; records the decoded meta at the end."""
 
@@ -193,8 +198,7 @@ class _Reader:
         )
         try:
             for chunk in chunks:
-                if self.cancelled is not None and self.cancelled():
-                    raise Cancelled("recognition cancelled")
+                self.check()
                 yield chunk
         finally:
             chunks.close()
@@ -422,6 +426,8 @@ def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
         size=reader.spec.decode_hw(),
         limits=reader.limits,
         threads=reader.threads,
+        on_progress=reader.check,
+        every=reader.chunk,
     )
     return kept, np.searchsorted(np.unique(rows), rows)
 

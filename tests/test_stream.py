@@ -172,6 +172,29 @@ def test_cancel_stops_between_chunks(videos: dict[str, Path]) -> None:
     assert len(calls) == 3
 
 
+def test_cancel_reaches_the_second_pass(videos: dict[str, Path]) -> None:
+    # ms3d's second pass decodes without yielding chunks; it still polls between chunks.
+    bundle = load_bundle(DEMO_BUNDLES / "ms3d-move4digits")
+    forward, _ = _forwards(bundle)["torch"]
+    polls = []
+    first_pass = math.ceil(203 / 16)
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) > first_pass + 1
+
+    with pytest.raises(Cancelled):
+        recognize_video(
+            videos["long"],
+            bundle.spec,
+            forward,
+            chunk_frames=16,
+            cancelled=cancelled,
+            **_judge(bundle),
+        )
+    assert len(polls) == first_pass + 2
+
+
 def test_frame_differences_in_chunks_equal_the_whole_video() -> None:
     from video.sampling import (
         distribution_from_differences,

@@ -419,6 +419,8 @@ def decode_frames_at(
     size: tuple[int, int] | None = None,
     limits: DecodeLimits | None = None,
     threads: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+    every: int = 64,
 ) -> tuple[np.ndarray, VideoMeta]:
     """Decode a whole video but convert only the frames at ``indices``.
 
@@ -432,6 +434,9 @@ def decode_frames_at(
         size: ``(height, width)`` of the output frames, as for :func:`decode_video`.
         limits: Bounds, as for :func:`decode_video`.
         threads: Decoder threads, as for :func:`decode_video`.
+        on_progress: Called with the number of frames decoded so far every ``every``
+            frames (an exception it raises stops the decode, e.g. a cancellation).
+        every: Frames between two ``on_progress`` calls.
 
     Returns:
         ``(frames, meta)``: ``frames[i]`` is frame ``np.unique(indices)[i]``, exactly as
@@ -448,6 +453,8 @@ def decode_frames_at(
         convert = _Converter(size)
         for frame in _decode_frames(container, stream, header, limits, progress):
             index = progress.frames - 1
+            if on_progress is not None and progress.frames % every == 0:
+                on_progress(progress.frames)
             if len(picked) < len(wanted) and index == wanted[len(picked)]:
                 rgb = convert(frame, index)
                 out = np.empty(_frame_shape(rgb), dtype=np.uint8)
