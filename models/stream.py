@@ -492,21 +492,24 @@ def _two_pass(
                 kept += len(head[-1])
             yield chunk
 
-    distances: list[Tensor] = []
+    # Python floats (exact float32 values): a small tensor kept per chunk between the chunk's
+    # large temporaries fragments the heap, which then grows with the video.
+    distances: list[float] = []
     previous: Tensor | None = None
     total = 0
     for acts in _early(ctx, stages, first_pass()):
         bits = (acts > 0).flatten(1)
         both = bits if previous is None else torch.cat([previous, bits])
         differ = torch.logical_xor(both[1:], both[:-1])
-        distances.append(differ.sum(dim=-1, dtype=torch.int32).float() / bits.shape[-1])
+        distances.extend((differ.sum(dim=-1, dtype=torch.int32).float() / bits.shape[-1]).tolist())
         previous = bits[-1:]
         total += len(acts)
     if window is not None:
         window.finish()
     if total < g:  # padded to g frames by repeating the last one, as in memory
         return _in_memory(ctx, np.concatenate(head))
-    assignment = assign_clusters(torch.cat(distances)[None], g, stages.clustering)[0]
+    hamming = torch.tensor(distances, dtype=torch.float32)
+    assignment = assign_clusters(hamming[None], g, stages.clustering)[0]
     counts = torch.bincount(assignment, minlength=g).to(torch.float32)
     sums: Tensor | None = None
     seen = 0
