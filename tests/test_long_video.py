@@ -3,27 +3,24 @@
 Every family's demo bundle recognises, in one fresh subprocess, a 20 s video and then a
 12-minute one (tiny 32x32 25 fps H.264, written once per session) with
 :func:`models.stream.recognize_video`; the subprocess reports its peak RSS (``VmHWM``) after
-each. The decode size of the demo bundles is 64x64, so the 12-minute video's 18,000 frames
-are 221 MB once decoded: a path that held the video (or a fixed fraction of it) would blow
-both bounds below, while the streamed path holds a chunk (64 frames, 0.8 MB), a batch of
-inputs and the family's O(frames) scalars (frame differences, cluster distances: < 0.2 MB).
+each. The demo bundles decode at 64x64, so the 12-minute video's 18,000 frames take 221 MB
+once decoded: a path that held the video would add that much, while the streamed path holds a
+chunk (64 frames, 0.8 MB), a batch of inputs and the family's O(frames) scalars (frame
+differences, cluster distances: < 0.1 MB here).
 
-Bounds, from measurements on a shared 2-core CPU host (PyTorch CPU, 2 threads), peak after
-the short video / after the long one, MiB: c3d_vll ~400-450 / same (its batch of 16 clips'
-activations dominate), attention_lstm ~355-380, ms3d ~285, full_video ~315-325; importing
-torch and loading a model alone takes ~245. So:
+Measured on a shared 2-core CPU host (PyTorch CPU, 2 threads), peak MiB after the short video
+-> after the long one, same subprocess: c3d_vll 405-435 -> 457-477 (+23..+52: the peak is
+its batch's activations, whose placement by glibc varies), attention_lstm 353-364 -> 383-387,
+ms3d 283 -> 296; importing torch and loading a model alone is ~245. Hence:
 
-* ``PEAK_BOUND_MB`` = 700: the largest measured peak (c3d_vll, ~510 including allocator
-  noise between runs) plus ~190 MB; holding the decoded long video (221 MB) on top of the
-  smallest baseline (~245 + 221 = 466) would not by itself pass for every family, so the
-  two relative bounds are what catch growth;
-* the long video's peak is at most ``RATIO_BOUND`` = 1.3x the short one's (measured
-  1.00-1.12x; c3d_vll's allocator varies by ~50 MB between runs);
-* and at most ``GROWTH_BOUND_MB`` = 96 MB above it (measured 0-50 MB), well under the
-  221 MB the long video's frames would take.
+* ``PEAK_BOUND_MB`` = 700: a backstop above the largest peak measured (477), not the check of
+  growth (a held video on top of ms3d's 283 would still be under it);
+* ``RATIO_BOUND`` = 1.3: the long peak over the short one (measured 1.05-1.13);
+* ``GROWTH_BOUND_MB`` = 96: the long peak minus the short one (measured +13..+52), under half
+  the 221 MB the long video's frames would add.
 
-Runtime (the length was chosen for this): about 5-15 s per family on an idle 2-core machine,
-the video written in ~2 s.
+The length is chosen so that the file runs in well under a minute per family on 2 busy cores:
+the videos are written in ~2 s; c3d_vll, the slowest, takes 10-25 s, the others 3-10 s.
 """
 
 from __future__ import annotations
