@@ -58,6 +58,9 @@ __all__ = [
 
 # Frames decoded per chunk: the unit of memory and of cancellation checks.
 CHUNK_FRAMES = 64
+# Decoded frames a first pass keeps so that a second pass is not needed when the whole video
+# fits (ms3d, TSM-k): a fixed budget, so memory stays bounded; 1 minute at 64x64 is 18 MB.
+KEEP_BYTES = 64 * 2**20
 
 
 class Cancelled(Exception):
@@ -393,17 +396,19 @@ def _pz(reader: _Reader, ctx: _Context) -> Tensor:
     diffs: list[np.ndarray] = []
     previous: np.ndarray | None = None
     window = _Windows(ctx, lambda frames: _pz_frames(ctx, frames))
+    kept = _Kept()
     for chunk in reader.frames():
         diffs.append(frame_differences(chunk, previous))
         previous = chunk[-1]
         window.add(chunk)
+        kept.add(chunk)
     window.finish()
     p = distribution_from_differences(np.concatenate(diffs), floor)
     rows = pz_walks(p, args["sizes"], int(args.get("walks", 1)))
     if ctx.max_inputs and len(rows) > ctx.max_inputs:
         rows = rows[evenly_spaced(len(rows), ctx.max_inputs)]
-    kept, local = _keep_frames(reader, rows)
-    return run_network(ctx.forward, inputs_from_indices(kept, local, ctx.spec), ctx.batch_size)
+    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows)
+    return run_network(ctx.forward, inputs_from_indices(frames, local, ctx.spec), ctx.batch_size)
 
 
 def _pz_frames(ctx: _Context, frames: np.ndarray) -> Tensor:
@@ -415,6 +420,35 @@ def _pz_frames(ctx: _Context, frames: np.ndarray) -> Tensor:
         centres=ctx.centres,
         gamma=ctx.gamma,
     ).outputs
+
+
+class _Kept:
+    """The first pass's frames while they fit :data:`KEEP_BYTES`; past it, none are kept and
+    the second pass decodes the frames it needs."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.nbytes = 0
+        self.whole = True
+
+    def add(self, chunk: np.ndarray) -> None:
+        if not self.whole:
+            return
+        self.nbytes += chunk.nbytes
+        if self.nbytes > KEEP_BYTES:
+            self.chunks, self.whole = [], False
+        else:
+            self.chunks.append(chunk)
+
+    def pick(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frames ``rows`` index, as :func:`_keep_frames` gives them."""
+        needed = np.unique(rows)
+        picked, base = [], 0
+        for chunk in self.chunks:
+            here = needed[(needed >= base) & (needed < base + len(chunk))]
+            picked.append(chunk[here - base])
+            base += len(chunk)
+        return np.concatenate(picked), np.searchsorted(needed, rows)
 
 
 def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -439,13 +473,15 @@ def _uniform(reader: _Reader, ctx: _Context) -> Tensor:
     """TSM-k: pass 1 counts the frames, pass 2 keeps the k segment centres."""
     total = 0
     window = _Windows(ctx, lambda frames: _in_memory(ctx, frames))
+    kept = _Kept()
     for chunk in reader.frames():
         total += len(chunk)
         window.add(chunk)
+        kept.add(chunk)
     window.finish()
     rows = uniform_segments(total, int(ctx.spec.sampler_args()["num_segments"]))[None, :]
-    kept, local = _keep_frames(reader, rows)
-    return run_network(ctx.forward, inputs_from_indices(kept, local, ctx.spec), ctx.batch_size)
+    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows)
+    return run_network(ctx.forward, inputs_from_indices(frames, local, ctx.spec), ctx.batch_size)
 
 
 def _in_memory(ctx: _Context, frames: np.ndarray) -> Tensor:

@@ -172,8 +172,14 @@ def test_cancel_stops_between_chunks(videos: dict[str, Path]) -> None:
     assert len(calls) == 3
 
 
-def test_cancel_reaches_the_second_pass(videos: dict[str, Path]) -> None:
-    # ms3d's second pass decodes without yielding chunks; it still polls between chunks.
+def test_cancel_reaches_the_second_pass(
+    videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ms3d's second pass (a video past the kept-frames budget) decodes without yielding
+    # chunks; it still polls between chunks.
+    import models.stream
+
+    monkeypatch.setattr(models.stream, "KEEP_BYTES", 0)
     bundle = load_bundle(DEMO_BUNDLES / "ms3d-move4digits")
     forward, _ = _forwards(bundle)["torch"]
     polls = []
@@ -213,3 +219,21 @@ def test_frame_differences_in_chunks_equal_the_whole_video() -> None:
     np.testing.assert_array_equal(
         distribution_from_differences(diffs), frame_difference_distribution(frames)
     )
+
+
+@pytest.mark.parametrize("keep", [0, None])
+def test_ms3d_second_pass_and_kept_frames_agree(
+    keep: int | None, videos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the budget the first pass keeps no frame and a second pass decodes the picked ones.
+    import models.stream
+
+    if keep is not None:
+        monkeypatch.setattr(models.stream, "KEEP_BYTES", keep)
+    bundle = load_bundle(DEMO_BUNDLES / "ms3d-move4digits")
+    forward, _ = _forwards(bundle)["torch"]
+    frames, _ = decode_for(videos["long"], bundle.spec)
+    want = predict_frames(forward, frames, bundle.spec, **_judge(bundle))
+    got = recognize_video(videos["long"], bundle.spec, forward, chunk_frames=16, **_judge(bundle))
+    _same(got.prediction.scores, want.scores)
+    torch.testing.assert_close(got.prediction.outputs, want.outputs, rtol=0, atol=0)
