@@ -11,6 +11,8 @@ memory it gives the answer of :func:`models.pipeline.predict_frames` on the deco
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +63,8 @@ CHUNK_FRAMES = 64
 # Decoded frames a first pass keeps so that a second pass is not needed when the whole video
 # fits (ms3d, TSM-k): a fixed budget, so memory stays bounded; 1 minute at 64x64 is 18 MB.
 KEEP_BYTES = 64 * 2**20
+# Chunks decoded ahead of the network by a reader's thread.
+AHEAD = 2
 
 
 class Cancelled(Exception):
@@ -186,25 +190,59 @@ class _Reader:
             raise Cancelled("recognition cancelled")
 
     def frames(self) -> Iterator[np.ndarray]:
-        """One pass: ``(t, H, W, 3)`` uint8 chunks; records the decoded meta at the end."""
+        """One pass: ``(t, H, W, 3)`` uint8 chunks; records the decoded meta at the end.
+
+        A thread decodes up to :data:`AHEAD` chunks ahead, so decoding overlaps the network
+        instead of alternating with it.
+        """
+        ahead: queue.Queue[np.ndarray | BaseException | None] = queue.Queue(AHEAD)
+        stop = threading.Event()
+
+        def put(item: np.ndarray | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def keep(meta: VideoMeta) -> None:
             self.meta = meta
 
-        chunks = iter_video_chunks(
-            self.path,
-            chunk_size=self.chunk,
-            size=self.spec.decode_hw(),
-            limits=self.limits,
-            threads=self.threads,
-            on_meta=keep,
-        )
+        def decode() -> None:
+            chunks = iter_video_chunks(
+                self.path,
+                chunk_size=self.chunk,
+                size=self.spec.decode_hw(),
+                limits=self.limits,
+                threads=self.threads,
+                on_meta=keep,
+            )
+            try:
+                for chunk in chunks:
+                    if not put(chunk):
+                        return
+                put(None)
+            except BaseException as err:  # handed to the reader, raised there
+                put(err)
+            finally:
+                chunks.close()
+
+        worker = threading.Thread(target=decode, name="actrec-decode-ahead", daemon=True)
+        worker.start()
         try:
-            for chunk in chunks:
+            while True:
                 self.check()
-                yield chunk
+                item = ahead.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            chunks.close()
+            stop.set()
+            worker.join()
 
 
 def recognize_video(
