@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/infer.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/long_video.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
