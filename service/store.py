@@ -374,6 +374,12 @@ def _warm_up(model: LoadedModel) -> None:
         0, 256, size=(max(2 * d.input_frames, 32), height, width, 3), dtype=np.uint8
     )
     embed_video(model.backend.forward, frames, d, batch_size=model.batch_size)
+    stages = model.backend.stages
+    if stages is not None and stages.clustering != "none":
+        # Streamed full_video requests run the two stages, not the whole network: warm them.
+        x = torch.zeros(1, 3, 2 * stages.context + 1, *d.input_size)
+        early = stages.early(x)
+        stages.late(early[:, :1].expand(1, stages.num_clusters, *early.shape[2:]).contiguous())
 
 
 class ModelStore:
