@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import classes, health, models, recognize
+from service.api import classes, health, models, recognize, web
 from service.api.deps import ServiceState
 from service.errors import error_response, install_error_handlers
 from service.metrics import Metrics
@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     install_error_handlers(app)
     app.add_middleware(RequestContext, metrics=metrics)
-    for module in (health, models, recognize, classes):
+    for module in (health, models, recognize, classes, web):
         app.include_router(module.router)
     return app
 
