@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["BackendName", "Settings"]
@@ -105,6 +105,54 @@ class Settings(BaseSettings):
         description="streamed answers: longest wait for the next line while the job is held "
         "in one network call (waiting for an inference thread, or in the call); a last error "
         "line `timeout` after. Decoding is never cut",
+    )
+
+    # --- access control
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the routes that change state (MS3D enrolment, class "
+        "removal); unset: those routes answer 403 admin_disabled",
+    )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="bearer keys of /recognize and /models: comma-separated, or the path of a "
+        "file with one key per line; unset: those routes are open",
+    )
+    metrics_require_key: bool = Field(
+        default=False, description="/metrics also needs an API key (when api_keys is set)"
+    )
+
+    # --- slow clients
+    max_concurrent_uploads: int = Field(
+        default=32,
+        ge=1,
+        description="uploads received at once (their own pool: an upload takes a compute "
+        "ticket only once fully received)",
+    )
+    upload_slot_wait_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="how long a new upload waits for a free upload slot (503 overloaded after)",
+    )
+    upload_idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="no body bytes for this long: 408 upload_timeout"
+    )
+    upload_min_rate_bps: int = Field(
+        default=8192,
+        ge=0,
+        description="slowest average upload rate in bytes/s once upload_rate_grace_s have "
+        "passed (408 upload_too_slow below); 0: no minimum",
+    )
+    upload_rate_grace_s: float = Field(
+        default=10.0, ge=0, description="seconds before upload_min_rate_bps applies"
+    )
+
+    # --- shutdown
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM: /readyz 503, new requests 503 shutting_down, in-flight ones "
+        "get this long to finish before the process exits 0",
     )
 
     # --- load
