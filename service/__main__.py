@@ -39,6 +39,7 @@ def serve(overrides: dict | None = None) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.lifecycle import DrainingServer
     from service.settings import Settings
 
     settings = Settings(**(overrides or {}))
@@ -46,15 +47,18 @@ def serve(overrides: dict | None = None) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    # The app logs one line per request with its id; uvicorn's access log would double it.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # The app logs one line per request with its id; uvicorn's access log would double it.
         access_log=False,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        # uvicorn's own wait comes after the drain (which waits shutdown_grace_s for the
+        # requests in flight): only a request still running past the grace waits this too.
+        timeout_graceful_shutdown=2,
     )
+    DrainingServer(config, app.state.service.drain, settings.shutdown_grace_s).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,9 +20,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import classes, health, models, recognize, web
 from service.api.deps import ServiceState
+from service.auth import AccessControl
 from service.errors import error_response, install_error_handlers
+from service.lifecycle import PROBE_PATHS, Drain
 from service.metrics import Metrics
-from service.queue import WorkQueue
+from service.queue import UploadSlots, WorkQueue
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -47,15 +49,19 @@ clip or window; with `Accept: application/x-ndjson` as JSON lines while the vide
 
 
 class RequestContext:
-    """ASGI middleware: request id, access log line, request count and latency metrics.
+    """ASGI middleware: request id, access log line, request count and latency metrics, and
+    the shutdown drain (requests other than the probes are counted in flight; during a drain
+    they are answered 503 ``shutting_down``).
 
     Unhandled exceptions become a JSON 500 here, inside the middleware, so even they carry the
     request id and are counted.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain: Drain, retry_after_s: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.drain = drain
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +73,21 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         response_started = False
+        counted = scope["path"] not in PROBE_PATHS
+        if counted and not self.drain.enter():
+            self.metrics.rejected.labels("shutting_down").inc()
+            await error_response(
+                503,
+                "shutting_down",
+                "the server is shutting down; retry (another replica will answer)",
+                {
+                    REQUEST_ID_HEADER: request_id,
+                    "Retry-After": str(self.retry_after_s),
+                    "Connection": "close",
+                },
+            )(scope, receive, send)
+            self.metrics.requests.labels("<draining>", scope["method"], "503").inc()
+            return
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -91,6 +112,8 @@ class RequestContext:
                     {REQUEST_ID_HEADER: request_id},
                 )(scope, receive, send)
         finally:
+            if counted:
+                self.drain.leave()
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
@@ -125,7 +148,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     queue = WorkQueue(settings.queue_size, settings.decode_workers, settings.inference_workers)
     metrics.watch_queue(lambda: queue.depth, settings.queue_size)
     state = ServiceState(
-        settings=settings, store=ModelStore(settings), queue=queue, metrics=metrics
+        settings=settings,
+        store=ModelStore(settings),
+        queue=queue,
+        metrics=metrics,
+        access=AccessControl(settings),
+        uploads=UploadSlots(settings.max_concurrent_uploads, settings.upload_slot_wait_s),
+        drain=Drain(),
     )
     if settings.upload_dir is not None:
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +174,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="actrec", description=_DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.service = state
     install_error_handlers(app)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(
+        RequestContext, metrics=metrics, drain=state.drain, retry_after_s=settings.retry_after_s
+    )
     for module in (health, models, recognize, classes, web):
         app.include_router(module.router)
     return app

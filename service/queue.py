@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from enum import Enum
 from typing import Any, TypeVar
 
-__all__ = ["QueueFull", "Ticket", "WorkQueue"]
+__all__ = ["QueueFull", "Ticket", "UploadSlots", "UploadsFull", "WorkQueue"]
 
 T = TypeVar("T")
 
@@ -140,3 +140,62 @@ class WorkQueue:
         """Stop taking jobs; queued jobs that have not started are cancelled."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._infer.shutdown(wait=False, cancel_futures=True)
+
+
+class UploadsFull(Exception):
+    """Every upload slot stayed taken for the whole wait."""
+
+
+class UploadSlots:
+    """The bounded pool of uploads being received, apart from the work queue's tickets: a slow
+    client holds a slot (a socket and a temp file), never compute.
+
+    Waiters are served first come, first served (:class:`asyncio.Semaphore`), for at most
+    ``wait_s``. The semaphore is made per event loop, on first use, so one app can be served
+    by successive loops (as tests do).
+
+    Args:
+        capacity: Uploads received at once.
+        wait_s: Longest wait for a slot before :class:`UploadsFull`.
+    """
+
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self.active = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def _sem(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._loop is not loop:
+            self._loop, self._semaphore = loop, asyncio.Semaphore(self.capacity)
+        return self._semaphore
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one upload slot for the block.
+
+        Raises:
+            UploadsFull: none came free within ``wait_s``.
+        """
+        sem = self._sem()
+        if not sem.locked():
+            await sem.acquire()
+        elif self.wait_s <= 0:
+            raise UploadsFull(f"all {self.capacity} upload slots are taken")
+        else:
+            try:
+                await asyncio.wait_for(sem.acquire(), self.wait_s)
+            except TimeoutError:
+                raise UploadsFull(
+                    f"all {self.capacity} upload slots stayed taken for {self.wait_s} s"
+                ) from None
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            sem.release()

@@ -159,8 +159,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         default=8,
         ge=1,
-        description="requests admitted at once (uploading, waiting, decoding or "
-        "inferring); one more gets 503 with Retry-After",
+        description="requests admitted to the work queue at once (waiting, decoding or "
+        "inferring; an upload is admitted once fully received); one more gets 503 with "
+        "Retry-After",
     )
     inference_workers: int = Field(default=1, ge=1, description="inferences run at the same time")
     decode_workers: int = Field(default=2, ge=1, description="videos decoded at the same time")

@@ -7,8 +7,10 @@ the first byte over the cap (413). Every temp file belongs to the returned :clas
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -21,7 +23,14 @@ from service.errors import ApiError
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-__all__ = ["UPLOAD_PREFIX", "Form", "UploadedFile", "multipart_body", "read_form"]
+__all__ = [
+    "UPLOAD_PREFIX",
+    "Form",
+    "UploadPace",
+    "UploadedFile",
+    "multipart_body",
+    "read_form",
+]
 
 UPLOAD_PREFIX = "actrec-upload-"
 # Text fields are names and labels; anything longer is not a parameter of ours.
@@ -194,6 +203,61 @@ class _Parser:
         self._file = None
 
 
+@dataclass(frozen=True)
+class UploadPace:
+    """How slowly a client may send its body.
+
+    Attributes:
+        idle_timeout_s: Longest wait for the next bytes (408 ``upload_timeout`` past it).
+        min_rate_bps: Slowest average rate in bytes/s once ``grace_s`` have passed
+            (408 ``upload_too_slow`` below it); 0: no minimum.
+        grace_s: Seconds from the first byte asked for before the rate applies.
+    """
+
+    idle_timeout_s: float = 10.0
+    min_rate_bps: int = 0
+    grace_s: float = 10.0
+
+
+# Answered with the connection closed: the rest of the body is never read.
+_CLOSE = {"Connection": "close"}
+
+
+async def _body_chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+    """The request body as it arrives, under ``pace`` (ASGI ``receive`` read directly, so the
+    wait for each message can be bounded)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), pace.idle_timeout_s)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"no upload bytes for upload_idle_timeout_s={pace.idle_timeout_s} s",
+                _CLOSE,
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        elapsed = loop.time() - started
+        if pace.min_rate_bps and elapsed > pace.grace_s and received < pace.min_rate_bps * elapsed:
+            raise ApiError(
+                408,
+                "upload_too_slow",
+                f"the upload averaged {received / elapsed:.0f} bytes/s after {elapsed:.0f} s, "
+                f"below upload_min_rate_bps={pace.min_rate_bps}",
+                _CLOSE,
+            )
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
 async def read_form(
     request: Request,
     *,
@@ -201,6 +265,7 @@ async def read_form(
     max_file_bytes: int,
     max_files: int = 1,
     tmp_dir: Path | None = None,
+    pace: UploadPace | None = None,
 ) -> Form:
     """Stream a ``multipart/form-data`` body into a :class:`Form`.
 
@@ -210,10 +275,12 @@ async def read_form(
         max_file_bytes: Largest file part; the body is read no further past it.
         max_files: Most file parts kept.
         tmp_dir: Directory of the temp files (system default when ``None``).
+        pace: How slowly the client may send (default :class:`UploadPace`'s).
 
     Raises:
-        ApiError: 413 over a byte cap, 422 for a body that is not usable multipart, 400 when
-            the client goes away mid-upload. Temp files are removed before it propagates.
+        ApiError: 413 over a byte cap, 422 for a body that is not usable multipart, 408 for
+            a client that sends too slowly or stops sending, 400 when the client goes away
+            mid-upload. Temp files are removed before it propagates.
     """
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -231,6 +298,7 @@ async def read_form(
             "upload_too_large",
             f"request body of {declared} bytes is larger than the limit of "
             f"{max_file_bytes} bytes per file",
+            _CLOSE,
         )
     form = Form()
     parser_state = _Parser(
@@ -244,17 +312,19 @@ async def read_form(
     total = 0
     try:
         try:
-            async for chunk in request.stream():
+            async for chunk in _body_chunks(request, pace or UploadPace()):
                 total += len(chunk)
                 if total > max_body:
                     raise ApiError(
                         413,
                         "upload_too_large",
                         f"request body is larger than the limit of {max_file_bytes} bytes per file",
+                        _CLOSE,
                     )
                 parser.write(chunk)
                 if parser_state.error is not None:
-                    raise parser_state.error
+                    err = parser_state.error
+                    raise ApiError(err.status, err.code, err.message, {**err.headers, **_CLOSE})
             parser.finalize()
         except ClientDisconnect:
             raise ApiError(400, "client_disconnected", "the client went away mid-upload") from None

@@ -35,6 +35,8 @@ from training.run import main as train_main
 from training.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 C3D, MS3D = "c3d_vll-m4d", "ms3d-m4d"
 # Small caps so that over-limit inputs stay tiny; every Move4Digits video is well inside them.
 MAX_UPLOAD = 200_000
@@ -94,6 +96,7 @@ def store(master_store: Path, tmp_path: Path) -> Path:
 def _settings(store: Path, uploads: Path, **overrides) -> Settings:
     values: dict[str, Any] = dict(
         store=store,
+        admin_token=ADMIN_TOKEN,
         load_in_background=False,
         upload_dir=uploads,
         default_model=C3D,
@@ -663,7 +666,7 @@ def test_a_bundle_failing_its_checksum_is_refused_whole(store: Path, tmp_path: P
 
 def _enrol(c: TestClient, label: str, *videos: Path, model: str = MS3D) -> httpx.Response:
     files = [("file", (p.name, p.read_bytes(), "video/mp4")) for p in videos]
-    return c.post(f"/models/{model}/classes", data={"label": label}, files=files)
+    return c.post(f"/models/{model}/classes", data={"label": label}, files=files, headers=ADMIN)
 
 
 def test_enrolment_adds_recognises_persists_and_deletes(store: Path, tmp_path: Path) -> None:
@@ -698,10 +701,10 @@ def test_enrolment_adds_recognises_persists_and_deletes(store: Path, tmp_path: P
         classes = c.get(f"/models/{MS3D}/classes").json()["classes"]
         assert {"label": "wave", "count": 2 * walks} in classes
         assert _post(c, wave, MS3D).json()["top5"][0]["label"] == "wave"
-        resp = c.delete(f"/models/{MS3D}/classes/wave")
+        resp = c.delete(f"/models/{MS3D}/classes/wave", headers=ADMIN)
         assert resp.status_code == 200
         assert "wave" not in [k["label"] for k in resp.json()["classes"]]
-        _assert_error(c.delete(f"/models/{MS3D}/classes/wave"), 404, "unknown_class")
+        _assert_error(c.delete(f"/models/{MS3D}/classes/wave", headers=ADMIN), 404, "unknown_class")
     with TestClient(create_app(_settings(store, uploads))) as c:
         assert len(c.get(f"/models/{MS3D}/classes").json()["classes"]) == 4
 
@@ -739,7 +742,12 @@ def test_enrolment_errors(store: Path, tmp_path: Path, dataset: Path) -> None:
         _assert_error(_enrol(c, "a/b", video), 422, "invalid_label")
         _assert_error(_enrol(c, "", video), 422, "invalid_label")
         _assert_error(
-            c.post(f"/models/{MS3D}/classes", data={"label": "x"}, files={"other": ("a", b"a")}),
+            c.post(
+                f"/models/{MS3D}/classes",
+                data={"label": "x"},
+                files={"other": ("a", b"a")},
+                headers=ADMIN,
+            ),
             422,
             "missing_file",
         )
@@ -748,8 +756,10 @@ def test_enrolment_errors(store: Path, tmp_path: Path, dataset: Path) -> None:
         _assert_error(_enrol(c, "x", video, junk), 400, "not_a_video")
         assert "x" not in [k["label"] for k in c.get(f"/models/{MS3D}/classes").json()["classes"]]
         for label in ["move_up", "move_down", "move_left"]:
-            assert c.delete(f"/models/{MS3D}/classes/{label}").status_code == 200
-        _assert_error(c.delete(f"/models/{MS3D}/classes/move_right"), 409, "last_class")
+            assert c.delete(f"/models/{MS3D}/classes/{label}", headers=ADMIN).status_code == 200
+        _assert_error(
+            c.delete(f"/models/{MS3D}/classes/move_right", headers=ADMIN), 409, "last_class"
+        )
         assert [k["label"] for k in c.get(f"/models/{MS3D}/classes").json()["classes"]] == [
             "move_right"
         ]

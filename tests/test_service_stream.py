@@ -96,6 +96,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _settings(store: Path, uploads: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         store=store,
+        admin_token="stream-admin",
         load_in_background=False,
         upload_dir=uploads,
         default_model=C3D,
@@ -364,7 +365,8 @@ def test_enrolment_embeds_through_the_streamed_path(
     shutil.copytree(store / MS3D, local / MS3D)
     with TestClient(create_app(_settings(local, tmp_path / "up", default_model=MS3D))) as c:
         files = [("file", ("a.mp4", videos["long"].read_bytes()))]
-        resp = c.post(f"/models/{MS3D}/classes", data={"label": "long"}, files=files)
+        auth = {"Authorization": "Bearer stream-admin"}
+        resp = c.post(f"/models/{MS3D}/classes", data={"label": "long"}, files=files, headers=auth)
         assert resp.status_code == 201, resp.text
         walks = load_bundle(local / MS3D).spec.sampler_args()["walks"]
         assert {"label": "long", "count": walks} in resp.json()["classes"]

@@ -1,6 +1,6 @@
-"""The scaffolding of a route that uploads videos and runs a job: admission to the queue, the
-request's time budget, the multipart form, the job, the streamed answer, and the cleanup
-afterwards."""
+"""The scaffolding of a route that uploads videos and runs a job: the upload (in its own
+bounded pool, paced), admission to the work queue once the upload is whole, the request's time
+budget, the job, the streamed answer, and the cleanup afterwards."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from fastapi import Request
 from service.api.deps import ServiceState
 from service.errors import ApiError, error_of
 from service.metrics import Metrics
-from service.queue import QueueFull, Ticket, WorkQueue
+from service.queue import QueueFull, Ticket, UploadsFull, WorkQueue
 from service.settings import Settings
 from service.store import LoadedModel
-from service.uploads import Form, read_form
+from service.uploads import Form, UploadPace, read_form
 
 __all__ = ["Admission", "Channel", "Lines", "admit", "admitted", "timed_out"]
 
@@ -63,23 +63,33 @@ def timed_out(state: ServiceState, message: str | None = None) -> ApiError:
 
 
 class Admission:
-    """One admitted request: its ticket, its form once read, and its stop flag.
+    """One request that uploads and computes: its form once read, its work-queue ticket once
+    the form is whole, and its stop flag.
 
     Made by :func:`admitted`, which closes it on the way out (:meth:`close`), unless a
     streamed answer took it over (:meth:`stream`), which closes it when the stream ends.
     """
 
-    def __init__(self, state: ServiceState, request: Request, ticket: Ticket) -> None:
+    def __init__(self, state: ServiceState, request: Request) -> None:
         self.state = state
         self.request = request
-        self.ticket = ticket
+        self.ticket: Ticket | None = None
         self.form: Form | None = None
         self._stop = threading.Event()
+        self._deadline: asyncio.Timeout | None = None
         self.handed_over = False
 
     def deadline(self) -> asyncio.Timeout:
-        """The request's time budget, ``request_timeout_s`` (503 ``timeout`` past it)."""
-        return asyncio.timeout(self.state.settings.request_timeout_s)
+        """The request's time budget for its work, ``request_timeout_s`` (503 ``timeout``
+        past it). It starts when the upload is whole: the upload is bounded by its pace
+        (``upload_idle_timeout_s``, ``upload_min_rate_bps``) instead."""
+        self._deadline = asyncio.timeout(None)
+        return self._deadline
+
+    def _start_clock(self) -> None:
+        if self._deadline is not None:
+            budget = self.state.settings.request_timeout_s
+            self._deadline.reschedule(asyncio.get_running_loop().time() + budget)
 
     def cancelled(self) -> bool:
         """Whether the request gave up (finished, timed out, client gone): a job polls it
@@ -90,25 +100,51 @@ class Admission:
         """Stop the job at its next chunk, return the ticket (unless the job holds it: it
         returns it when it ends), then remove the form's temp files. Idempotent."""
         self._stop.set()
-        self.ticket.release()
+        if self.ticket is not None:
+            self.ticket.release()
         if self.form is not None:
             self.form.cleanup()
 
     async def read_form(self, *, file_fields: set[str], max_files: int = 1) -> Form:
-        """Stream the multipart body to temp files under the upload caps (the form is kept
-        here, so its files are removed whatever happens next)."""
-        s = self.state.settings
-        self.form = await read_form(
-            self.request,
-            file_fields=file_fields,
-            max_file_bytes=s.max_upload_bytes,
-            max_files=max_files,
-            tmp_dir=s.upload_dir,
-        )
+        """Stream the multipart body to temp files under the upload caps and pace, holding
+        an upload slot meanwhile (503 ``overloaded`` when none comes free); then take a
+        work-queue ticket (503 ``overloaded`` when the queue is full) and start the time
+        budget. The form is kept here, so its files are removed whatever happens next."""
+        state, s = self.state, self.state.settings
+        try:
+            async with state.uploads.slot():
+                self.form = await read_form(
+                    self.request,
+                    file_fields=file_fields,
+                    max_file_bytes=s.max_upload_bytes,
+                    max_files=max_files,
+                    tmp_dir=s.upload_dir,
+                    pace=UploadPace(
+                        idle_timeout_s=s.upload_idle_timeout_s,
+                        min_rate_bps=s.upload_min_rate_bps,
+                        grace_s=s.upload_rate_grace_s,
+                    ),
+                )
+        except UploadsFull as err:
+            state.metrics.rejected.labels("uploads_full").inc()
+            raise ApiError(
+                503,
+                "overloaded",
+                f"server busy: {err}; retry later",
+                {**state.retry_after(), "Connection": "close"},
+            ) from None
+        except ApiError as err:
+            if err.status == 408:
+                state.metrics.rejected.labels(err.code).inc()
+            raise
+        self.ticket = admit(state)
+        self._start_clock()
         return self.form
 
     def _submit(self, job: Job[A, T], model: LoadedModel, what: A) -> asyncio.Future[T]:
         state = self.state
+        if self.ticket is None:  # a job without an upload: admitted now
+            self.ticket = admit(state)
         self.request.state.model = model.name
         return state.queue.submit(
             self.ticket, job, model, what, state.settings, state.queue, state.metrics
@@ -301,7 +337,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 @asynccontextmanager
 async def admitted(state: ServiceState, request: Request) -> AsyncIterator[Admission]:
-    """Admit ``request`` (503 ``overloaded`` when the queue is full) for the ``with`` block.
+    """An :class:`Admission` of ``request`` for the ``with`` block: the upload pool and the
+    work queue are entered by its :meth:`~Admission.read_form` (each 503 ``overloaded`` when
+    full), so a slow upload never holds a work-queue ticket.
 
     A :class:`TimeoutError` out of the block (from :meth:`Admission.deadline`) is answered as
     503 ``timeout``. On the way out, whatever happened, the admission is closed: the job
@@ -310,7 +348,7 @@ async def admitted(state: ServiceState, request: Request) -> AsyncIterator[Admis
     unless a streamed answer took the admission over (:meth:`Admission.stream`), which
     closes it when the stream ends.
     """
-    admission = Admission(state, request, admit(state))
+    admission = Admission(state, request)
     try:
         yield admission
     except TimeoutError:

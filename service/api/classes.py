@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.api.admission import admitted
 from service.api.deps import ReadyState
+from service.auth import AdminAccess, KeyAccess
 from service.errors import ERROR_RESPONSES, ApiError
 from service.jobs import EmbedTask, embed_job
 from service.schemas import ClassesResponse, ClassInfo, EnrolResponse
@@ -22,13 +23,20 @@ __all__ = ["router", "valid_label"]
 
 router = APIRouter(prefix="/models/{name}/classes", tags=["enrolment"])
 
-# Labels travel in URL paths (DELETE) and JSON: printable, no slash, bounded.
-_LABEL = re.compile(r"^[^/\x00-\x1f\x7f]{1,100}$")
+# Labels travel in URL paths (DELETE) and JSON: printable, bounded, and addressable as one
+# path segment. A slash would split it; a backslash is read as a slash by browsers; "." and
+# ".." are removed from paths by clients (RFC 3986, 5.2.4) before they are sent.
+_LABEL = re.compile(r"^[^/\\]{1,100}$")
+_DOT_SEGMENTS = {".", ".."}
 
 _BODY = multipart_body(
     required=["label", "file"],
     properties={
-        "label": {"type": "string", "description": "class name (no '/')"},
+        "label": {
+            "type": "string",
+            "description": "class name: 1-100 printable characters, no '/' or '\\', "
+            "not '.' or '..'",
+        },
         "file": {
             "type": "array",
             "items": {"type": "string", "format": "binary"},
@@ -39,10 +47,16 @@ _BODY = multipart_body(
 
 
 def valid_label(label: str) -> str:
-    """``label`` stripped, or 422."""
+    """``label`` stripped, or 422 ``invalid_label``: a label must come back unchanged through
+    ``DELETE /models/{name}/classes/{label}`` (percent-encoded as one path segment)."""
     label = label.strip()
-    if not _LABEL.match(label):
-        raise ApiError(422, "invalid_label", "a label is 1-100 printable characters without '/'")
+    if not _LABEL.match(label) or label in _DOT_SEGMENTS or not label.isprintable():
+        raise ApiError(
+            422,
+            "invalid_label",
+            "a label is 1-100 printable characters, without '/' or '\\', and not '.' or "
+            "'..' (it must be addressable in DELETE /models/{name}/classes/{label})",
+        )
     return label
 
 
@@ -56,6 +70,7 @@ def _classes(model: LoadedModel) -> list[ClassInfo]:
     response_model=ClassesResponse,
     summary="Classes in an ms3d repository",
     responses={404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]},
+    dependencies=[KeyAccess],
 )
 async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
@@ -72,6 +87,7 @@ async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
         **ERROR_RESPONSES,
     },
     openapi_extra=_BODY,
+    dependencies=[AdminAccess],
 )
 async def enrol(
     name: str, request: Request, response: Response, state: ReadyState
@@ -116,6 +132,7 @@ async def enrol(
         409: {"description": "the last class"},
         503: ERROR_RESPONSES[503],
     },
+    dependencies=[AdminAccess],
 )
 async def remove(name: str, label: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)

@@ -7,9 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import AccessControl
 from service.errors import ApiError
+from service.lifecycle import Drain
 from service.metrics import Metrics
-from service.queue import WorkQueue
+from service.queue import UploadSlots, WorkQueue
 from service.settings import Settings
 from service.store import ModelStore
 
@@ -24,6 +26,15 @@ class ServiceState:
     store: ModelStore
     queue: WorkQueue
     metrics: Metrics
+    access: AccessControl
+    uploads: UploadSlots
+    drain: Drain
+
+    def readiness(self) -> tuple[bool, str]:
+        """``(ready, why not)``: models loaded and warm, and not shutting down."""
+        if self.drain.draining:
+            return False, "shutting down"
+        return self.store.readiness()
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.retry_after_s)}
@@ -40,7 +51,7 @@ def _state(request: Request) -> ServiceState:
 
 def _ready_state(request: Request) -> ServiceState:
     state = _state(request)
-    ready, why = state.store.readiness()
+    ready, why = state.readiness()
     if not ready:
         raise not_ready(state, why)
     return state

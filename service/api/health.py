@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from service.api.deps import State, not_ready
-from service.errors import ERROR_RESPONSES
+from service.auth import MetricsAccess
+from service.errors import ERROR_RESPONSES, ApiError
 from service.metrics import CONTENT_TYPE_LATEST
 from service.schemas import Health, Ready
 
@@ -27,7 +28,9 @@ async def healthz() -> Health:
     responses={503: ERROR_RESPONSES[503]},
 )
 async def readyz(state: State) -> Ready:
-    ready, why = state.store.readiness()
+    if state.drain.draining:
+        raise ApiError(503, "shutting_down", "the server is shutting down", state.retry_after())
+    ready, why = state.readiness()
     if not ready:
         raise not_ready(state, why)
     return Ready(status="ready", models=sorted(state.store.models))
@@ -38,6 +41,7 @@ async def readyz(state: State) -> Ready:
     summary="Prometheus metrics (text format)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    dependencies=[MetricsAccess],
 )
 async def metrics(state: State) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

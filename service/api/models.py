@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import State
+from service.auth import KeyAccess
 from service.schemas import ModelsResponse
 
 __all__ = ["router"]
@@ -16,6 +17,7 @@ router = APIRouter(tags=["models"])
     "/models",
     response_model=ModelsResponse,
     summary="Loaded bundles with labels, family, backend and sampler",
+    dependencies=[KeyAccess],
 )
 async def list_loaded(state: State) -> ModelsResponse:
     store = state.store

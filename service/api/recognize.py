@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from service.api.admission import admitted
 from service.api.deps import ReadyState
+from service.auth import KeyAccess
 from service.errors import ERROR_RESPONSES, ApiError
 from service.jobs import RecognitionResult, RecognitionTask, recognize_job
 from service.schemas import RecognizeResponse, Scored, TimelineSegment, Timing
@@ -79,6 +80,7 @@ _STREAMED: dict[int | str, dict[str, Any]] = {
     summary="Recognise the action in an uploaded video",
     responses={**_STREAMED, **ERROR_RESPONSES},
     openapi_extra=_BODY,
+    dependencies=[KeyAccess],
 )
 async def recognize(request: Request, state: ReadyState) -> Response | RecognizeResponse:
     started = time.perf_counter()
