@@ -163,7 +163,15 @@ def _doc(what: str) -> dict[str, Any]:
 # OpenAPI documentation of the error answers, shared by the routes.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("not a decodable video (empty, not a video, truncated, corrupt, a still image)"),
+    401: _doc(
+        "missing or wrong `Authorization: Bearer` credentials (API key, or admin token on "
+        "the routes that change state); with `WWW-Authenticate`"
+    ),
     404: _doc("unknown model, or unknown class"),
+    408: _doc(
+        "the upload stalled (no bytes for upload_idle_timeout_s) or was slower than "
+        "upload_min_rate_bps after upload_rate_grace_s"
+    ),
     413: _doc(
         "upload larger than max_upload_bytes, or video over the duration, frame or resolution caps"
     ),
@@ -172,5 +180,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "bad parameters: no `file` field, not multipart/form-data, bad label, "
         "`timeline` not true/false, `window_s` not a number above 0"
     ),
-    503: _doc("not ready, queue full, or the request timed out; see Retry-After"),
+    403: _doc("a route that changes state, and no admin token is configured (admin_disabled)"),
+    503: _doc(
+        "not ready, upload pool or work queue full, the request timed out, or the server is "
+        "shutting down; see Retry-After"
+    ),
 }

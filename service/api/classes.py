@@ -69,7 +69,7 @@ def _classes(model: LoadedModel) -> list[ClassInfo]:
     "",
     response_model=ClassesResponse,
     summary="Classes in an ms3d repository",
-    responses={404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]},
+    responses={s: ERROR_RESPONSES[s] for s in (401, 404, 503)},
     dependencies=[KeyAccess],
 )
 async def list_classes(name: str, state: ReadyState) -> ClassesResponse:
@@ -128,9 +128,8 @@ async def enrol(
     response_model=ClassesResponse,
     summary="Remove a class",
     responses={
-        404: ERROR_RESPONSES[404],
+        **{s: ERROR_RESPONSES[s] for s in (401, 403, 404, 503)},
         409: {"description": "the last class"},
-        503: ERROR_RESPONSES[503],
     },
     dependencies=[AdminAccess],
 )

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import State
 from service.auth import KeyAccess
+from service.errors import ERROR_RESPONSES
 from service.schemas import ModelsResponse
 
 __all__ = ["router"]
@@ -17,6 +18,7 @@ router = APIRouter(tags=["models"])
     "/models",
     response_model=ModelsResponse,
     summary="Loaded bundles with labels, family, backend and sampler",
+    responses={401: ERROR_RESPONSES[401]},
     dependencies=[KeyAccess],
 )
 async def list_loaded(state: State) -> ModelsResponse:

@@ -78,7 +78,7 @@ _STREAMED: dict[int | str, dict[str, Any]] = {
     response_model=RecognizeResponse,
     response_model_exclude_unset=True,
     summary="Recognise the action in an uploaded video",
-    responses={**_STREAMED, **ERROR_RESPONSES},
+    responses={**_STREAMED, **{k: v for k, v in ERROR_RESPONSES.items() if k != 403}},
     openapi_extra=_BODY,
     dependencies=[KeyAccess],
 )
