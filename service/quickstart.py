@@ -151,7 +151,8 @@ def _announce_when_ready(host: str, port: int, video: Path, models: list[str]) -
     else:
         return
     lines = [
-        f"\nReady. Recognise a video ({models[0]} answers by default):\n",
+        f"\nReady. Open {base}/ in a browser to try a video, or from a shell",
+        f" ({models[0]} answers by default):\n",
         f"  curl -F file=@{video} {base}/recognize\n",
     ]
     for other in models[1:]:
