@@ -244,7 +244,7 @@ async function loadModels() {
   for (const m of body.models) {
     const option = document.createElement('option');
     option.value = m.name;
-    option.textContent = `${m.name} (${m.family}, ${m.backend})`;
+    option.textContent = m.name;
     select.append(option);
   }
   const failed = Object.keys(body.failed || {});
@@ -267,6 +267,17 @@ async function loadModels() {
   onModelChange();
 }
 
+// "onnxruntime (CUDA, CPU)", "torch (cuda)": the backend and where it runs.
+function backendText(model) {
+  const info = model.backend_info || {};
+  const where = [];
+  if (Array.isArray(info.providers)) {
+    where.push(...info.providers.map((p) => String(p).replace(/ExecutionProvider$/, '')));
+  }
+  if (typeof info.device === 'string') where.push(info.device);
+  return where.length ? `${model.backend} (${where.join(', ')})` : model.backend;
+}
+
 function currentModel() {
   return state.models.get($('model').value) || null;
 }
@@ -278,7 +289,7 @@ function onModelChange() {
     info.textContent = '';
   } else {
     const n = model.labels.length;
-    info.textContent = `${model.family} on ${model.backend} · ${n} class${n === 1 ? '' : 'es'}: `
+    info.textContent = `${model.family} on ${backendText(model)} · ${n} class${n === 1 ? '' : 'es'}: `
       + model.labels.join(', ');
   }
   $('window-field').hidden = !(model && WINDOWED.has(model.family));
@@ -587,11 +598,10 @@ function renderTop5(model, result) {
 function renderDetails(result) {
   const t = result.timing_ms;
   const model = state.models.get(result.model);
-  const info = model && model.backend_info ? Object.values(model.backend_info).flat().join(', ') : '';
   const rows = [
     ['Model', result.model],
     ['Family', result.family],
-    ['Backend', info ? `${result.backend} (${info})` : result.backend],
+    ['Backend', model && model.backend === result.backend ? backendText(model) : result.backend],
     ['Duration', formatSeconds(result.duration_s)],
     ['Frames', String(result.frames)],
     ['Network inputs', String(result.clips)],
@@ -715,6 +725,8 @@ function initTimeline() {
     ev.preventDefault();
     focusSegment(all[Math.max(0, Math.min(all.length - 1, to))]);
   });
+  // The tip is placed in pixels: a new width would leave it where the segment no longer is.
+  window.addEventListener('resize', hideTip);
   const preview = $('preview');
   preview.addEventListener('timeupdate', () => {
     $('playhead').style.setProperty('--at', String(preview.currentTime));
