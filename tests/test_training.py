@@ -206,13 +206,19 @@ def test_ms3d_holds_classes_out_once() -> None:
     ]
     test = [VideoEntry(Path(f"{c}t.mp4"), label) for label, c in enumerate(classes)]
     splits = DatasetSplits("list", classes, train, test)
-    cfg = TrainConfig(family="ms3d", data="-", holdout_classes=1)
+    # (no calibration split here: tests/test_protocols.py covers it)
+    cfg = TrainConfig(
+        family="ms3d", data="-", holdout_classes=1, calibration_fraction=0.0, gamma=0.5
+    )
     data = make_task(cfg, classes).split(splits)
     assert data.held_out == ["d"]
     assert data.train == train[:6] and data.held_out_train == train[6:]
     assert data.test == test  # the held-out classes' test videos measure rejection
     # no hold-out: everything is trained on, as for the other families
-    data = make_task(TrainConfig(family="ms3d", data="-", holdout_classes=0), classes).split(splits)
+    cfg = TrainConfig(
+        family="ms3d", data="-", holdout_classes=0, calibration_fraction=0.0, gamma=0.5
+    )
+    data = make_task(cfg, classes).split(splits)
     assert (data.train, data.test, data.held_out, data.held_out_train) == (train, test, [], [])
     for family in ("c3d_vll", "full_video"):  # holdout_classes is ms3d's alone
         data = make_task(TrainConfig(family=family, data="-"), classes).split(splits)

@@ -72,6 +72,14 @@ class TrainConfig:
     limit_test: int = _f(0, "use only the first N test videos (0: all)")
     strict: bool = _f(False, "refuse to start when any listed video is missing or undecodable")
     seed: int = _f(0, "seed for weights, sampling and data order")
+    init_from: str = _f(
+        "", "bundle whose weights start this run (same architecture; fine-tuning protocols)"
+    )
+    init_backbone_only: bool = _f(
+        False,
+        "with --init-from: leave the class-dependent layers (the classifier) freshly "
+        "initialised even when the classes match",
+    )
 
     # --- c3d_vll (Shi et al., EURASIP JIVP 2020:35)
     level: Literal["video", "clip"] = _f("video", "c3d_vll: video-level or clip-level training")
@@ -79,6 +87,9 @@ class TrainConfig:
         "full", "c3d_vll: clip-consistency term (none = video-level CE only)"
     )
     alpha: float = _f(0.3, "c3d_vll: weight of the consistency term")
+    ccl_detach_reference: bool = _f(
+        False, "c3d_vll: stop the gradient through the mean clip response R_mean (Eq. 5)"
+    )
 
     # --- attention_lstm ("Attention-based multi-level deep supervised network")
     fusion: Literal["early", "late"] = _f("late", "attention_lstm: LSTM input fusion")
@@ -98,7 +109,12 @@ class TrainConfig:
     drop_rate: float = _f(-1.0, "ms3d: sparse-DenseNet connection drop rate (-1: default)")
     walks: int = _f(0, "ms3d: p(z) walks per video for the repository (0: model default)")
     repo_videos: int = _f(0, "ms3d: videos per class for the repository centres (0: all)")
-    gamma: float = _f(0.0, "ms3d: unknown threshold (0: calibrate from held-out distances)")
+    gamma: float = _f(0.0, "ms3d: unknown threshold (0: calibrate on the calibration split)")
+    calibration_fraction: float = _f(
+        0.2,
+        "ms3d: fraction of each known class's training videos set aside before training to "
+        "calibrate gamma (never trained on; 0: none, then --gamma is needed)",
+    )
     gamma_percentile: float = _f(95.0, "ms3d: in-class distance percentile used as gamma")
     holdout_classes: int = _f(1, "ms3d: classes held out of training for open-set figures")
     npair_scale: float = _f(10.0, "ms3d: similarity scale in the N-pair loss")

@@ -586,10 +586,10 @@ class _VideoSource(Dataset):
         """
         self.epoch = epoch
 
-    def _rng(self, key: int) -> np.random.Generator | None:
+    def _rng(self, *key: int) -> np.random.Generator | None:
         # Training draws depend on (seed, epoch, item) only, so they do not change with the
         # number of workers; evaluation passes None so samplers behave exactly as in serving.
-        return np.random.default_rng([self.seed, self.epoch, key]) if self.train else None
+        return np.random.default_rng([self.seed, self.epoch, *key]) if self.train else None
 
     def _decode(self, entry: VideoEntry) -> np.ndarray:
         frames, _ = decode_for(
@@ -687,9 +687,13 @@ class ClipDataset(_VideoSource):
     * ``"random"`` (for training): ``clips_per_video`` items per video; each draws one of the
       video's inputs uniformly at random, anew every epoch (:meth:`set_epoch`). Needs no
       frame counts up front. In evaluation (``train=False``) the draw is seeded by the item.
-    * ``"all"``: one item per ``(video, input)`` pair. Input counts come from
-      ``frame_counts`` or from probing each file (the container's frame estimate); should
-      a video decode to fewer inputs than counted, its surplus items repeat its last input.
+    * ``"all"``: one item per ``(video, input)`` pair: an epoch visits every input of every
+      video once (under ``max_clips``, the inputs a :class:`VideoDataset` gives the video),
+      in the order the sampler shuffles the pairs across videos. In training the sampler's
+      draw (e.g. its temporal offset) is made once per video and epoch, so the items of one
+      video are the inputs of one draw. Input counts come from ``frame_counts`` or from
+      probing each file (the container's frame estimate); should a video decode to fewer
+      inputs than counted, its surplus items repeat its last input.
 
     ``dataset[k]`` is a :class:`ClipItem` ``(clip (3, L, h, w), label, video index)``; the
     default torch collate stacks them. Other arguments as in :class:`VideoDataset`.
@@ -762,11 +766,12 @@ class ClipDataset(_VideoSource):
         entry = self.entries[video]
         frames = self._decode(entry)
         rng = self._rng(item)
-        idx = self._indices(frames, rng)
         if which is None:
+            idx = self._indices(frames, rng)
             pick = np.random.default_rng([self.seed, item]) if rng is None else rng
             which = int(pick.integers(len(idx)))
         else:
+            idx = self._indices(frames, self._rng(video, 1))  # one draw per video and epoch
             which = min(which, len(idx) - 1)
         clip = self._tensor(frames, idx[which : which + 1], rng)[0]
         return ClipItem(clip, entry.label, video)

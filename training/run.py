@@ -39,6 +39,7 @@ from models.registry import create_model
 from models.stream import stages_for
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
+from training.init import init_from_bundle
 from training.schedule import schedule_for, set_lr
 from training.tasks import Batch, DataSplit, Task, make_task
 
@@ -111,7 +112,23 @@ def _limit_and_validate(cfg: TrainConfig, data: DataSplit) -> DataSplit:
     train_entries = validate_entries(train_entries, strict=cfg.strict, what="training split")
     if test_entries:
         test_entries = validate_entries(test_entries, strict=cfg.strict, what="test split")
-    return dataclasses.replace(data, train=train_entries, test=test_entries)
+    calibration = data.calibration
+    if calibration:
+        calibration = validate_entries(calibration, strict=cfg.strict, what="calibration split")
+    return dataclasses.replace(
+        data, train=train_entries, test=test_entries, calibration=calibration
+    )
+
+
+def _data_path(cfg: TrainConfig, path: Path) -> str:
+    """``path`` relative to the dataset when it lies inside it (so a manifest does not depend
+    on where the dataset sat), else as given."""
+    root = Path(cfg.data)
+    root = root if root.is_dir() else root.parent
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -307,6 +324,11 @@ def train(cfg: TrainConfig) -> Path | None:
     _seed_all(cfg.seed, 0)
     model_kwargs = task.model_kwargs()
     model = create_model(task.model_name, spec=spec, **model_kwargs, **task.build_only_kwargs())
+    init_record: dict[str, Any] | None = None
+    if cfg.init_from:
+        init_record = init_from_bundle(
+            model, task, spec, model_kwargs, cfg.init_from, backbone_only=cfg.init_backbone_only
+        )
     model = model.to(ctx.device)
     channels_last = channels_last_for(task, ctx.device)
     if channels_last:
@@ -429,6 +451,8 @@ def train(cfg: TrainConfig) -> Path | None:
                 "train_videos": len(data.train),
                 "test_videos": len(data.test),
                 "held_out_classes": list(data.held_out),
+                "calibration_videos": [_data_path(cfg, e.path) for e in data.calibration],
+                "init_from": init_record,
             },
         }
         write_bundle(

@@ -44,7 +44,7 @@ from training.losses.npair import npair_batches, npair_loss
 from training.losses.vll import clip_ce_loss, vll_loss
 from video.errors import VideoError
 
-__all__ = ["Batch", "BundleParts", "DataSplit", "Task", "make_task"]
+__all__ = ["Batch", "BundleParts", "DataSplit", "Task", "calibration_split", "make_task"]
 
 log = logging.getLogger("training")
 
@@ -77,12 +77,15 @@ class DataSplit:
         held_out: Names of the classes kept out of training (ms3d's open-set protocol).
         held_out_train: The held-out classes' training entries, kept from the one split of the
             dataset for what the task does with them after training (:meth:`Task.finish`).
+        calibration: Training-list entries set aside before training and never trained on
+            (ms3d calibrates gamma on them); disjoint from ``train``.
     """
 
     train: list[VideoEntry]
     test: list[VideoEntry]
     held_out: list[str] = field(default_factory=list)
     held_out_train: list[VideoEntry] = field(default_factory=list)
+    calibration: list[VideoEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,16 @@ class Task:
             return VideoDataset(
                 entries, spec=spec, train=True, max_clips=self.cfg.max_clips, seed=self.cfg.seed
             )
-        return ClipDataset(entries, spec=spec, train=True, mode="random", seed=self.cfg.seed)
+        # Every input of every video once per epoch, shuffled across videos: the inputs a
+        # video-level run of the same config sees, so the two differ in the loss only.
+        return ClipDataset(
+            entries,
+            spec=spec,
+            train=True,
+            mode="all",
+            max_clips=self.cfg.max_clips,
+            seed=self.cfg.seed,
+        )
 
     def collate(self, items: list[Any]) -> Batch:
         return _collate_videos(items) if self.video_level() else _collate_clips(items)
@@ -304,7 +316,12 @@ class C3DTask(Task):
         if batch.input_video is None:
             raise ValueError("a video-level batch needs input_video")
         loss = vll_loss(
-            logits, batch.input_video, batch.labels, ccl=self.cfg.ccl, alpha=self.cfg.alpha
+            logits,
+            batch.input_video,
+            batch.labels,
+            ccl=self.cfg.ccl,
+            alpha=self.cfg.alpha,
+            detach_reference=self.cfg.ccl_detach_reference,
         )
         return loss, {"vll": float(loss.detach())}
 
@@ -341,11 +358,14 @@ class MS3DTask(Task):
     """ms3d (the MS3D paper, see :mod:`models.ms3d`): N-pair batches of one p(z) walk per
     video; evaluation is the open-set protocol over a class-centre repository.
 
-    With ``holdout_classes`` > 0 the last classes never reach training or the first
-    repository: the repository is built from the known classes' training videos, gamma is
-    calibrated on held-out in-class videos, and the test split gives closed-set accuracy
-    (known classes) and open-set rejection (held-out classes). The bundle's repository then
-    gains the held-out classes from their training videos, without retraining.
+    Before training, ``calibration_fraction`` of each known class's training videos is set
+    aside (stratified, drawn by the seed): the network never sees them, so the in-class
+    distances gamma is calibrated on are those of unseen videos, as at serving time. With
+    ``holdout_classes`` > 0 the last classes never reach training or the first repository:
+    the repository is built from the known classes' training videos, gamma is calibrated on
+    the calibration videos, and the test split gives closed-set accuracy (known classes) and
+    open-set rejection (held-out classes). The bundle's repository then gains the held-out
+    classes from their training videos, without retraining.
     """
 
     family = "ms3d"
@@ -371,22 +391,31 @@ class MS3DTask(Task):
         return d.replace(pathways=pathways, sampler_kwargs=kw)
 
     def split(self, splits: DatasetSplits) -> DataSplit:
-        """Hold the last ``holdout_classes`` classes out of training, once: their training
-        entries are kept aside for :meth:`finish`."""
-        held = self.cfg.holdout_classes
-        if held <= 0:
-            return super().split(splits)
-        if held >= len(self.classes) - 1:
+        """Hold the last ``holdout_classes`` classes out of training, once (their training
+        entries are kept aside for :meth:`finish`), and set the calibration videos aside."""
+        held = max(0, self.cfg.holdout_classes)
+        if held and held >= len(self.classes) - 1:
             raise SystemExit(
                 f"--holdout-classes {held} leaves fewer than two "
                 f"known classes out of {len(self.classes)}"
             )
         known = len(self.classes) - held
+        train, calibration = calibration_split(
+            [e for e in splits.train if e.label < known],
+            self.cfg.calibration_fraction,
+            self.cfg.seed,
+        )
+        if not calibration and self.cfg.gamma <= 0:
+            raise SystemExit(
+                "ms3d needs videos to calibrate gamma on: give --calibration-fraction above 0 "
+                "(with at least two training videos per class) or a fixed --gamma"
+            )
         return DataSplit(
-            train=[e for e in splits.train if e.label < known],
+            train=train,
             test=list(splits.test),
             held_out=self.classes[known:],
             held_out_train=[e for e in splits.train if e.label >= known],
+            calibration=calibration,
         )
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
@@ -446,7 +475,8 @@ class MS3DTask(Task):
     ) -> tuple[Repository, dict[str, Any]]:
         """Build the repository of the known classes, set gamma, and measure it."""
         known = len(self.classes) - len(data.held_out)
-        centre_entries, calib_entries = _centre_and_calibration(data.train, self.cfg.repo_videos)
+        centre_entries = _first_per_class(data.train, self.cfg.repo_videos)
+        calib_entries = data.calibration
         embeddings, labels = self._embed(forward, centre_entries)
         repo = Repository(dim=embeddings[0].shape[1])
         _add_classes(repo, embeddings, labels, self.classes, range(known))
@@ -538,22 +568,44 @@ def _embed_entries(
     return out, labels
 
 
-def _centre_and_calibration(
-    entries: Sequence[VideoEntry], repo_videos: int
+def calibration_split(
+    entries: Sequence[VideoEntry], fraction: float, seed: int
 ) -> tuple[list[VideoEntry], list[VideoEntry]]:
-    """Per class, the first ``repo_videos`` videos (default 75%) for the centres and the rest
-    for calibrating gamma; at least one of each where the class has two or more videos."""
-    by_class: dict[int, list[VideoEntry]] = {}
+    """``(train, calibration)``: per class, ``round(fraction * n)`` of its ``n`` videos drawn
+    at random by ``seed`` (at least one when ``fraction`` > 0, and never all of them: a class
+    with one video keeps it for training), the rest for training; both in list order.
+
+    Raises:
+        ValueError: ``fraction`` outside [0, 1).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the calibration fraction must lie in [0, 1), got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, e in enumerate(entries):
+        by_class.setdefault(e.label, []).append(i)
+    chosen: set[int] = set()
+    for label, items in sorted(by_class.items()):
+        if fraction <= 0 or len(items) < 2:
+            continue
+        count = min(len(items) - 1, max(1, round(fraction * len(items))))
+        rng = np.random.default_rng([seed, label, 11])
+        chosen.update(int(i) for i in rng.choice(items, size=count, replace=False))
+    train = [e for i, e in enumerate(entries) if i not in chosen]
+    calibration = [e for i, e in enumerate(entries) if i in chosen]
+    return train, calibration
+
+
+def _first_per_class(entries: Sequence[VideoEntry], count: int) -> list[VideoEntry]:
+    """The first ``count`` entries of each class (0: all of them), in list order."""
+    if count <= 0:
+        return list(entries)
+    seen: dict[int, int] = {}
+    out = []
     for e in entries:
-        by_class.setdefault(e.label, []).append(e)
-    centre: list[VideoEntry] = []
-    calib: list[VideoEntry] = []
-    for _, items in sorted(by_class.items()):
-        w = repo_videos or max(1, math.ceil(0.75 * len(items)))
-        w = min(w, len(items) - 1) if len(items) > 1 else 1
-        centre += items[:w]
-        calib += items[w:]
-    return centre, calib
+        if seen.get(e.label, 0) < count:
+            seen[e.label] = seen.get(e.label, 0) + 1
+            out.append(e)
+    return out
 
 
 def _add_classes(
