@@ -18,7 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.backends import BackendUnavailable, InputTooLarge
 from service.domain import ServiceError
-from service.store import EmptyRepository, LastClass, NoRepository, UnknownClass, UnknownModel
+from service.store import (
+    EmptyRepository,
+    LastClass,
+    NoRepository,
+    StoreReadOnly,
+    UnknownClass,
+    UnknownModel,
+)
 from video.errors import NoVideoStreamError, VideoError, VideoLimitError
 
 __all__ = [
@@ -39,6 +46,7 @@ DOMAIN_STATUS: dict[type[Exception], int] = {
     UnknownClass: 404,
     NoRepository: 404,
     LastClass: 409,
+    StoreReadOnly: 403,
     EmptyRepository: 409,
     InputTooLarge: 413,
     BackendUnavailable: 503,
@@ -180,7 +188,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "bad parameters: no `file` field, not multipart/form-data, bad label, "
         "`timeline` not true/false, `window_s` not a number above 0"
     ),
-    403: _doc("a route that changes state, and no admin token is configured (admin_disabled)"),
+    403: _doc(
+        "a route that changes state, and no admin token is configured (admin_disabled), or "
+        "the store is read-only (store_read_only)"
+    ),
     503: _doc(
         "not ready, upload pool or work queue full, the request timed out, or the server is "
         "shutting down; see Retry-After"

@@ -10,6 +10,7 @@ repository. Enrolment edits a copy of the repository and swaps it in (see
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import threading
@@ -86,6 +87,17 @@ class EmptyRepository(ServiceError):
     """The repository holds no class to judge a video against."""
 
     code = "empty_repository"
+
+
+class StoreReadOnly(ServiceError):
+    """The bundle cannot be written (a read-only store): its classes cannot change."""
+
+    code = "store_read_only"
+
+
+def writable(directory: Path) -> bool:
+    """Whether files can be created in ``directory`` (False on a read-only mount)."""
+    return os.access(directory, os.W_OK)
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,18 @@ class LoadedModel:
             edited.remove_class(label)
             self._persist(edited)
 
+    def require_writable(self) -> None:
+        """Raise :class:`StoreReadOnly` unless the bundle can be written (checked before an
+        enrolment spends its upload and embedding)."""
+        if not writable(self.bundle.path):
+            raise StoreReadOnly(self._read_only_message())
+
+    def _read_only_message(self) -> str:
+        return (
+            f"the bundle of {self.name!r} is on a read-only store, so its classes cannot "
+            "change here; enrol on a replica with a writable store (docker/k8s/enrol)"
+        )
+
     def require_repository(self) -> Repository:
         """The model's repository.
 
@@ -307,8 +331,15 @@ class LoadedModel:
     def _persist(self, edited: Repository) -> None:
         # The file first, then its checksum in the manifest; a crash in between leaves a bundle
         # that fails verification (refused whole) rather than one that loads stale centres.
-        edited.save(self.bundle.path / REPOSITORY_FILE)
-        self.bundle = add_bundle_file(self.bundle, REPOSITORY_FILE)
+        try:
+            edited.save(self.bundle.path / REPOSITORY_FILE)
+            self.bundle = add_bundle_file(self.bundle, REPOSITORY_FILE)
+        except PermissionError as err:
+            raise StoreReadOnly(f"{self._read_only_message()} ({err})") from None
+        except OSError as err:
+            if err.errno != errno.EROFS:
+                raise
+            raise StoreReadOnly(f"{self._read_only_message()} ({err})") from None
         self.repository = edited
 
     @property

@@ -134,6 +134,31 @@ def test_admin_token_missing_wrong_and_right(store: Path, tmp_path: Path) -> Non
     _no_uploads(uploads)
 
 
+def test_a_read_only_store_refuses_class_changes_with_403(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = tmp_path / "up"
+    with TestClient(create_app(_settings(store, uploads, admin_token=ADMIN))) as c:
+        # a read-only mount: refused before the upload is read or embedded
+        monkeypatch.setattr("service.store.writable", lambda _: False)
+        body = _error(_enrol(c, "wave", headers=_bearer(ADMIN)), 403, "store_read_only")
+        assert "read-only" in body["error"]["message"]
+        resp = c.delete(f"/models/{MS3D}/classes/move_up", headers=_bearer(ADMIN))
+        _error(resp, 403, "store_read_only")
+        _no_uploads(uploads)
+        # the write itself failing (permissions changed under a running server)
+        monkeypatch.undo()
+
+        def denied(self: Any, path: Any) -> None:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr("models.repository.Repository.save", denied)
+        _error(_enrol(c, "wave", headers=_bearer(ADMIN)), 403, "store_read_only")
+        labels = [k["label"] for k in c.get(f"/models/{MS3D}/classes").json()["classes"]]
+        assert labels == ["move_up", "move_down", "move_left", "move_right"]
+    _no_uploads(uploads)
+
+
 # ----------------------------------------------------------------------------- API keys
 
 

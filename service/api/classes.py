@@ -94,6 +94,7 @@ async def enrol(
 ) -> EnrolResponse:
     model = state.store.get(name)
     model.require_repository()
+    model.require_writable()
     async with admitted(state, request) as work:
         async with work.deadline():
             form = await work.read_form(
@@ -135,5 +136,6 @@ async def enrol(
 )
 async def remove(name: str, label: str, state: ReadyState) -> ClassesResponse:
     model = state.store.get(name)
+    model.require_writable()
     await asyncio.to_thread(model.remove_class, label)
     return ClassesResponse(model=model.name, gamma=model.gamma, classes=_classes(model))
