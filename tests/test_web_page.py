@@ -1,7 +1,7 @@
 """The web page at ``/`` in a real headless Chromium, against the real app served by uvicorn
 over loopback: choose a model, upload a video through the page's file input, and the page
 shows what ``POST /recognize`` answers for the same video (top-5, timeline segments); a file
-that is not a video shows the server's error; the API-key prompt; the ms3d class form (a
+that is not a video, dropped on the drop zone, shows the server's error; the API-key prompt; the ms3d class form (a
 wrong admin token shows 401, the right one enrols and removes).
 
 The browser is Debian's ``chromium`` driven by Playwright (never ``playwright install``,
@@ -290,7 +290,16 @@ def test_a_file_that_is_not_a_video_shows_the_servers_error(
     assert resp.status_code == 400
     error = resp.json()["error"]
 
-    _recognise(page, C3D, notes)
+    # Dropped on the zone this time (the other tests pick through the file input).
+    _choose(page, C3D)
+    dropped = page.evaluate_handle(
+        "([name, text]) => { const dt = new DataTransfer();"
+        " dt.items.add(new File([text], name, {type: 'text/plain'})); return dt; }",
+        [notes.name, notes.read_text()],
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+    assert page.locator("#file-info").inner_text().startswith(notes.name)
+    page.click("#recognise-btn")
     alert = page.locator("#error[role=alert]")
     alert.wait_for(state="visible")
     assert alert.locator(".error-message").inner_text() == error["message"]

@@ -47,11 +47,12 @@ const state = {
 // ------------------------------------------------------------------------------ HTTP
 
 class HttpError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = null) {
     super(message);
     this.name = 'HttpError';
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter; // seconds, from a 503's Retry-After
   }
 }
 
@@ -68,15 +69,19 @@ function bearer(secret) {
 
 async function errorOf(resp) {
   const text = await resp.text();
+  const retry = Number.parseInt(resp.headers.get('retry-after') || '', 10);
+  const retryAfter = Number.isFinite(retry) ? retry : null;
   try {
     const body = JSON.parse(text);
     if (body && body.error) {
-      return new HttpError(resp.status, body.error.code || 'error', body.error.message || '');
+      const { code, message } = body.error;
+      return new HttpError(resp.status, code || 'error', message || '', retryAfter);
     }
   } catch {
     // not JSON: a proxy's page, say; fall through
   }
-  return new HttpError(resp.status, 'http_' + resp.status, text.slice(0, 300) || resp.statusText);
+  const message = text.slice(0, 300) || resp.statusText;
+  return new HttpError(resp.status, 'http_' + resp.status, message, retryAfter);
 }
 
 async function api(path, { method = 'GET', body, secret, signal } = {}) {
@@ -150,6 +155,8 @@ function showError(el, err, secretKind = 'key') {
       hint = 'This server needs an API key: enter it under “API key” at the top of the page.';
     } else if (err.code === 'admin_disabled') {
       hint = 'Classes cannot be changed on this server: it has no admin token configured.';
+    } else if (err.retryAfter !== null) {
+      hint = `Try again in ${err.retryAfter} s.`;
     }
   } else if (err && err.name === 'FormProblem') {
     title.textContent = 'Check the form';
@@ -161,8 +168,11 @@ function showError(el, err, secretKind = 'key') {
     title.textContent = 'Could not reach the server';
     message.textContent = String(err && err.message ? err.message : err);
   }
-  el.append(title, ' ', message);
-  if (code.textContent) el.append(' ', code);
+  const head = document.createElement('p');
+  head.className = 'error-head';
+  head.append(title);
+  if (code.textContent) head.append(' ', code);
+  el.append(head, message);
   if (hint) {
     const p = document.createElement('p');
     p.className = 'error-hint';
@@ -234,6 +244,7 @@ async function loadModels() {
     body = await api('/models', { secret: state.apiKey });
   } catch (err) {
     setStatus($('status'), '');
+    select.options[0].textContent = 'No models (see the message below)';
     showError($('error'), err);
     return;
   }
@@ -397,7 +408,12 @@ async function recognise(ev) {
     form.append('window_s', String(windowS));
   }
   const run = {
-    model, controller: new AbortController(), segments: [], result: null, announced: false,
+    model,
+    controller: new AbortController(),
+    segments: [],
+    counts: new Map(), // segments per top label (null: unknown), for the legend
+    result: null,
+    announced: false,
   };
   state.run = run;
   shown = run;
@@ -465,6 +481,8 @@ function addSegment(run, segment) {
   run.segments.push(segment);
   const top = segment.top5[0];
   const label = top ? top.label : '';
+  const key = segment.unknown ? null : label;
+  run.counts.set(key, (run.counts.get(key) || 0) + 1);
   const button = document.createElement('button');
   button.type = 'button';
   button.className = 'segment';
@@ -529,13 +547,8 @@ function renderAxis(duration) {
 }
 
 function renderLegend(run) {
-  const counts = new Map();
-  for (const seg of run.segments) {
-    const key = seg.unknown ? null : (seg.top5[0] ? seg.top5[0].label : '');
-    counts.set(key, (counts.get(key) || 0) + 1);
-  }
   const items = [];
-  for (const [label, count] of counts) {
+  for (const [label, count] of run.counts) {
     const li = document.createElement('li');
     const swatch = document.createElement('span');
     swatch.className = label === null ? 'swatch unknown' : 'swatch';
@@ -554,6 +567,7 @@ function finishRun(run, result) {
     // Not streamed (or the lines and the answer disagree): the answer's own timeline wins.
     for (const seg of $('timeline').querySelectorAll('.segment')) seg.remove();
     run.segments = [];
+    run.counts = new Map();
     for (const seg of timeline) addSegment(run, seg);
   }
   rescale(run);
