@@ -1,8 +1,8 @@
 """The web page at ``/`` in a real headless Chromium, against the real app served by uvicorn
 over loopback: choose a model, upload a video through the page's file input, and the page
 shows what ``POST /recognize`` answers for the same video (top-5, timeline segments); a file
-that is not a video, dropped on the drop zone, shows the server's error; the API-key prompt; the ms3d class form (a
-wrong admin token shows 401, the right one enrols and removes).
+that is not a video, dropped on the drop zone, shows the server's error; the API-key prompt;
+the ms3d class form (a wrong admin token shows 401, the right one enrols and removes).
 
 The browser is Debian's ``chromium`` driven by Playwright (never ``playwright install``,
 which downloads a browser). Without either the tests skip, unless ``ACTREC_REQUIRE_BROWSER=1``
@@ -304,6 +304,7 @@ def test_a_file_that_is_not_a_video_shows_the_servers_error(
     alert.wait_for(state="visible")
     assert alert.locator(".error-message").inner_text() == error["message"]
     assert alert.locator(".error-code").inner_text() == f"400 {error['code']}"
+    assert page.locator("#results").is_hidden()  # no empty result panel
     assert page.locator("#recognise-btn").is_enabled()  # ready for the next try
 
 

@@ -431,7 +431,10 @@ async function recognise(ev) {
     } else {
       finishRun(run, await resp.json());
     }
-    if (!run.result) throw new Error('the answer ended before its result');
+    if (!run.result) {
+      throw new HttpError(200, 'incomplete_answer',
+        'the answer ended before its result (the connection was cut)');
+    }
   } catch (err) {
     run.controller.abort();
     $('results').setAttribute('aria-busy', 'false');
@@ -439,6 +442,8 @@ async function recognise(ev) {
     setStatus($('status'), err.name === 'AbortError' ? 'Stopped.' : 'The recognition failed.');
     if (err.name !== 'AbortError') showError($('error'), err);
     $('results').classList.add('failed');
+    // Nothing came back to show: no empty result panel (the alert says why).
+    if (!run.segments.length) $('results').hidden = true;
   } finally {
     state.run = null;
     $('stop-btn').hidden = true;
