@@ -35,6 +35,7 @@ __all__ = [
     "ONNX_INPUT",
     "ONNX_OUTPUT",
     "REPOSITORY_FILE",
+    "TAILOR_BOXES_FILE",
     "WEIGHTS",
     "Bundle",
     "BundleError",
@@ -54,6 +55,8 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 REPOSITORY_FILE = "repository.safetensors"
+# A YOLO ONNX person detector of an ms3d bundle whose tailor strategy takes its boxes from one.
+TAILOR_BOXES_FILE = "tailor_boxes.onnx"
 ONNX_FILE = "model.onnx"
 # full_video's streamed two-pass clustering runs its network in two parts: stem + layer1 on
 # chunks of frames, and layer2 .. head on the g cluster means.
@@ -119,8 +122,13 @@ class Bundle:
 
     @property
     def spec(self) -> VariantSpec:
-        """The effective variant spec the model was trained with."""
-        return VariantSpec.from_dict(self.manifest["spec"])
+        """The effective variant spec the model was trained with; a file its tailor settings
+        name (a YOLO detector) is resolved to the bundle's own, checksummed copy."""
+        spec = VariantSpec.from_dict(self.manifest["spec"])
+        boxes = spec.tailor.get("boxes", "motion")
+        if boxes != "motion" and not Path(boxes).is_absolute():
+            spec = spec.replace(tailor={**spec.tailor, "boxes": str(self.file(boxes))})
+        return spec
 
     @property
     def config(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from models.aggregators import VideoScores, aggregate
 from models.spec import VariantSpec
+from models.tailor import tailor_chunk
 from video.decode import DecodeLimits, VideoMeta, decode_video
 from video.sampling import sample_indices
 from video.transforms import clips_to_tensor
@@ -34,6 +35,7 @@ __all__ = [
     "inputs_from_indices",
     "predict_frames",
     "prepare_inputs",
+    "preprocess_frames",
     "run_network",
     "sample_video",
 ]
@@ -60,7 +62,19 @@ def decode_for(
     Raises:
         video.errors.VideoError: For anything that is not a decodable video within ``limits``.
     """
-    return decode_video(source, size=spec.decode_hw(), limits=limits, threads=threads)
+    frames, meta = decode_video(source, size=spec.decode_hw(), limits=limits, threads=threads)
+    return preprocess_frames(frames, spec), meta
+
+
+def preprocess_frames(
+    frames: np.ndarray, spec: VariantSpec, previous: np.ndarray | None = None
+) -> np.ndarray:
+    """The spec's preprocessing of decoded frames (ms3d's tailor strategy, when the spec turns
+    it on; else the frames as they are). A video read in chunks gives each chunk with
+    ``previous``, the frame before it, and gets exactly what the whole video would."""
+    if not spec.tailor:
+        return frames
+    return tailor_chunk(frames, spec.tailor, previous)
 
 
 def sample_video(

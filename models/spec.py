@@ -49,6 +49,11 @@ class VariantSpec:
         aggregator: Name of the aggregator in :mod:`models.aggregators`.
         aggregator_kwargs: Keyword arguments for that aggregator.
         output: ``"logits"`` for classifiers, ``"embedding"`` for metric networks.
+        tailor: Frame preprocessing by ms3d's tailor strategy (the MS3D paper, Eq. 7-8) on
+            every decoded frame before sampling, in training, evaluation, export checks and
+            serving alike; empty: off. Keys (see :data:`models.tailor.TAILOR_DEFAULTS`):
+            ``boxes`` (``"motion"`` or a YOLO ONNX file; in a bundle, a file of the bundle),
+            ``eta``, ``xi``, ``band``.
     """
 
     family: str
@@ -64,6 +69,7 @@ class VariantSpec:
     aggregator: str = "mean_prob"
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
     output: str = "logits"
+    tailor: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_frames(self) -> int:

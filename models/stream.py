@@ -29,6 +29,7 @@ from models.pipeline import (
     aggregate_outputs,
     inputs_from_indices,
     predict_frames,
+    preprocess_frames,
     run_network,
 )
 from models.spec import VariantSpec
@@ -39,6 +40,7 @@ from video.decode import (
     iter_video_chunks,
     probe_video,
 )
+from video.errors import VideoError
 from video.sampling import (
     distribution_from_differences,
     evenly_spaced,
@@ -219,9 +221,13 @@ class _Reader:
                 threads=self.threads,
                 on_meta=keep,
             )
+            previous: np.ndarray | None = None  # the raw frame before the chunk
             try:
                 for chunk in chunks:
-                    if not put(chunk):
+                    ready = preprocess_frames(chunk, self.spec, previous)
+                    if len(chunk):
+                        previous = chunk[-1]
+                    if not put(ready):
                         return
                 put(None)
             except BaseException as err:  # handed to the reader, raised there
@@ -350,7 +356,9 @@ def stream_outputs(
         emit=emit,
         stages=stages,
     )
-    reader = _Reader(path, spec, limits, threads, chunk_frames, cancelled)
+    # Preprocessing that looks at the next frame (tailor) needs two frames in the first chunk.
+    chunk = max(chunk_frames, 2) if spec.tailor else chunk_frames
+    reader = _Reader(path, spec, limits, threads, chunk, cancelled)
     ctx.reader = reader
     try:
         family = _FAMILY_PATHS[spec.sampler]
@@ -498,7 +506,10 @@ class _Kept:
 
 def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A second pass converting only the frames ``rows`` index (the rest are decoded and
-    dropped): ``(frames, rows into them)``."""
+    dropped): ``(frames, rows into them)``. With preprocessing that looks at neighbouring
+    frames (the tailor strategy), the pass reads every frame instead and keeps those."""
+    if reader.spec.tailor:
+        return _keep_preprocessed(reader, rows)
     kept, _ = decode_frames_at(
         reader.path,
         rows,
@@ -509,6 +520,23 @@ def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
         every=reader.chunk,
     )
     return kept, np.searchsorted(np.unique(rows), rows)
+
+
+def _keep_preprocessed(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_keep_frames` through a whole pass of the reader (frames preprocessed as in
+    the first pass), keeping only the frames ``rows`` index."""
+    needed = np.unique(rows)
+    picked, base = [], 0
+    for chunk in reader.frames():
+        here = needed[(needed >= base) & (needed < base + len(chunk))]
+        if len(here):
+            picked.append(chunk[here - base].copy())
+        base += len(chunk)
+    if not picked or sum(len(p) for p in picked) != len(needed):
+        raise VideoError(
+            f"the second pass over {reader.path} gave {base} frames, fewer than the first"
+        )
+    return np.concatenate(picked), np.searchsorted(needed, rows)
 
 
 # --------------------------------------------------------------------------- full_video

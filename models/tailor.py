@@ -25,12 +25,16 @@ __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_XI",
     "DEFAULT_BAND",
+    "TAILOR_DEFAULTS",
     "band_index",
+    "box_source",
     "decode_yolo_output",
     "letterbox",
     "motion_boxes",
+    "tailor_chunk",
     "tailor_frame",
     "tailor_frames",
+    "tailor_settings",
     "tailor_video",
     "tailor_weights",
 ]
@@ -411,3 +415,65 @@ def tailor_video(
     """
     source = source if source is not None else MotionBoxSource()
     return tailor_frames(frames, source(frames), eta=eta, xi=xi, band=band)
+
+
+# The box sources of tailor specs, one per (source, YOLO file): a YOLO session is made once.
+_SOURCES: dict[str, BoxSource] = {}
+
+#: ``VariantSpec.tailor`` keys and their defaults: ``boxes`` is ``"motion"`` (the built-in
+#: :class:`MotionBoxSource`) or the path of a YOLO ONNX file (:class:`OnnxYoloBoxSource`).
+TAILOR_DEFAULTS: dict[str, Any] = {
+    "boxes": "motion",
+    "eta": DEFAULT_ETA,
+    "xi": DEFAULT_XI,
+    "band": DEFAULT_BAND,
+}
+
+
+def tailor_settings(tailor: dict[str, Any]) -> dict[str, Any]:
+    """A spec's ``tailor`` dict completed with :data:`TAILOR_DEFAULTS`.
+
+    Raises:
+        ValueError: An unknown key, or a factor or band out of range.
+    """
+    unknown = sorted(set(tailor) - set(TAILOR_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown tailor settings {unknown}; known: {sorted(TAILOR_DEFAULTS)}")
+    out = {**TAILOR_DEFAULTS, **tailor}
+    if not (out["eta"] >= 1.0 and 0.0 < out["xi"] <= 1.0 and int(out["band"]) >= 1):
+        raise ValueError(f"tailor needs eta >= 1, 0 < xi <= 1 and band >= 1, got {tailor}")
+    return out
+
+
+def box_source(boxes: str) -> BoxSource:
+    """The (cached) box source a tailor spec names."""
+    source = _SOURCES.get(boxes)
+    if source is None:
+        source = MotionBoxSource() if boxes == "motion" else OnnxYoloBoxSource(boxes)
+        _SOURCES[boxes] = source
+    return source
+
+
+def tailor_chunk(
+    frames: np.ndarray, tailor: dict[str, Any], previous: np.ndarray | None = None
+) -> np.ndarray:
+    """Tailor ``(t, H, W, 3)`` uint8 frames of a video by a spec's ``tailor`` settings.
+
+    A video read chunk by chunk gives each chunk with ``previous``, the frame before it, so
+    that every frame's motion box is the one it has in the whole video (the box of frame
+    ``t`` depends on frames ``t - 1`` and ``t`` only; the video's first frame, which has no
+    predecessor, uses its successor): tailoring chunk by chunk equals tailoring the whole,
+    provided the first chunk holds two frames or more (the video's first frame needs its
+    successor in the same chunk; :mod:`models.stream` reads chunks of 64).
+    """
+    settings = tailor_settings(tailor)
+    if len(frames) == 0:
+        return frames.copy()
+    source = box_source(str(settings["boxes"]))
+    if previous is None:
+        boxes = source(frames)
+    else:
+        boxes = source(np.concatenate([previous[None], frames]))[1:]
+    return tailor_frames(
+        frames, boxes, eta=settings["eta"], xi=settings["xi"], band=int(settings["band"])
+    )

@@ -17,12 +17,21 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from models.bundle import WEIGHTS, load_bundle, write_bundle
+from models.pipeline import decode_for, preprocess_frames
 from models.registry import create_model, get_spec
 from models.repository import Repository, calibrate_gamma, in_class_distances
-from models.stream import stream_outputs
+from models.stream import _keep_frames, _Reader, stream_outputs
+from models.tailor import tailor_chunk
 from models.weights import WeightsMismatch, load_matching
 from training.config import TrainConfig, parse_config
-from training.datasets import ClipDataset, DatasetSplits, VideoDataset, VideoEntry
+from training.datasets import (
+    ClipDataset,
+    DatasetSplits,
+    VideoDataset,
+    VideoEntry,
+    load_dataset,
+)
+from training.evaluate import evaluate_videos
 from training.init import class_dependent_keys, init_from_bundle
 from training.run import main
 from training.synth import generate
@@ -277,3 +286,120 @@ def test_video_level_fine_tuned_from_a_clip_level_bundle(dataset: Path, tmp_path
             continue  # batch-norm statistics move in train mode even at lr 0
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
     assert np.isfinite(video.metrics["top1"])
+
+
+# ----------------------------------------------------------------------------- tailor
+
+
+def _moving_square() -> np.ndarray:
+    """3 grey (100) frames of 10x10 with a 2x2 square of 200 at columns 2, 4, 6 of rows 2-3."""
+    frames = np.full((3, 10, 10, 3), 100, dtype=np.uint8)
+    for t, col in enumerate((2, 4, 6)):
+        frames[t, 2:4, col : col + 2] = 200
+    return frames
+
+
+def test_tailor_through_the_front_end_by_hand() -> None:
+    spec = get_spec("ms3d_tiny").replace(tailor={"eta": 1.5, "xi": 0.5, "band": 2})
+    out = preprocess_frames(_moving_square(), spec)
+    # frame 1: moved pixels (|F1 - F0| > 25) span columns 2-5 of rows 2-3: box (2, 2, 6, 4)
+    assert out[1, 2, 3, 0] == 150  # inside, background: 100 * eta
+    assert out[1, 2, 4, 0] == 255  # inside, the square: 200 * 1.5 = 300, clipped
+    assert out[1, 2, 6, 0] == 50  # one column right of the box: band ceil(1 / 2) = 1, xi
+    assert out[1, 0, 0, 0] == 50  # Chebyshev distance 2: band 1
+    assert out[1, 9, 9, 0] == 12  # distance max(9 - 3, 9 - 5) = 6: band 3, 100 / 8 = 12.5
+    # frame 0 has no predecessor: its box is the one of its successor's difference
+    assert out[0, 2, 3, 0] == 255 and out[0, 2, 6, 0] == 50
+    # frame 2: box (4, 2, 8, 4), so column 3 is now outside (band 1) and 6 inside
+    assert out[2, 2, 3, 0] == 50 and out[2, 2, 5, 0] == 150 and out[2, 2, 6, 0] == 255
+    # off: the frames as they are; chunked with the previous raw frame: as the whole
+    np.testing.assert_array_equal(
+        preprocess_frames(_moving_square(), get_spec("ms3d_tiny")), _moving_square()
+    )
+    raw = _moving_square()
+    for cut in (2, 3):  # a first chunk of two frames or more, then the rest
+        parts = [
+            preprocess_frames(raw[:cut], spec),
+            preprocess_frames(raw[cut:], spec, raw[cut - 1]),
+        ]
+        np.testing.assert_array_equal(np.concatenate(parts), out)
+
+
+def test_tailor_is_applied_alike_in_memory_and_streamed(tmp_path: Path) -> None:
+    video = tmp_path / "v.mp4"
+    write_video(video, n=30, height=64, width=64)
+    plain = get_spec("ms3d_tiny")
+    spec = plain.replace(tailor={"eta": 1.2, "xi": 0.9})
+    frames, _ = decode_for(video, spec)
+    raw, _ = decode_for(video, plain)
+    np.testing.assert_array_equal(frames, tailor_chunk(raw, spec.tailor))
+    assert not np.array_equal(frames, raw)
+    reader = _Reader(video, spec, None, 1, 7, None)  # chunks of 7 frames
+    np.testing.assert_array_equal(np.concatenate(list(reader.frames())), frames)
+    # the second pass past the keep budget reads the preprocessed frames too
+    rows = np.array([[0, 7, 8, 29], [3, 3, 14, 21]])
+    kept, local = _keep_frames(reader, rows)
+    np.testing.assert_array_equal(kept[local], frames[rows])
+    with pytest.raises(ValueError, match="unknown tailor settings"):
+        preprocess_frames(raw, plain.replace(tailor={"gain": 2}))
+
+
+def test_tailor_flags_reach_the_spec_and_the_paper_preset() -> None:
+    cfg = parse_config(["--family", "ms3d", "--data", "-", "--tailor", "--tailor-eta", "1.4"])
+    spec = make_task(cfg, CLASSES).spec()
+    assert spec.tailor == {"boxes": "motion", "eta": 1.4, "xi": 0.9, "band": 5}
+    assert make_task(parse_config(["--family", "ms3d", "--data", "-"]), CLASSES).spec().tailor == {}
+    paper = parse_config(["--family", "ms3d", "--data", "-", "--preset", "paper"])
+    assert paper.tailor and make_task(paper, CLASSES).spec().tailor["boxes"] == "motion"
+    bad = parse_config(["--family", "ms3d", "--data", "-", "--tailor", "--tailor-xi", "2"])
+    with pytest.raises(SystemExit, match="--tailor"):
+        make_task(bad, CLASSES).spec()
+    missing = ["--tailor", "--tailor-boxes", "/no/such/yolo.onnx"]
+    with pytest.raises(SystemExit, match="no such YOLO"):
+        make_task(parse_config(["--family", "ms3d", "--data", "-", *missing]), CLASSES).spec()
+
+
+@pytest.mark.slow
+def test_evaluation_equals_the_service_with_tailor_on(dataset: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service import Settings, create_app
+
+    args = ["--family", "ms3d", "--data", str(dataset), "--out", str(tmp_path), "--name", "t"]
+    assert main([*args, *COMMON, "--tailor", "--tailor-eta", "1.5"]) == 0
+    bundle = load_bundle(tmp_path / "t")
+    assert bundle.spec.tailor == {"boxes": "motion", "eta": 1.5, "xi": 0.9, "band": 5}
+    repo = Repository.load(bundle.file("repository.safetensors"))
+    videos = [(e.path, e.label) for e in load_dataset(dataset).test]
+    net = bundle.build_model()
+    _, outcomes = evaluate_videos(
+        net,
+        videos,
+        bundle.spec,
+        len(bundle.labels),
+        batch_size=8,
+        centres=repo.centres_tensor(),
+        gamma=repo.gamma,
+    )
+    _, untailored = evaluate_videos(
+        net,
+        videos[:1],
+        bundle.spec.replace(tailor={}),
+        len(bundle.labels),
+        batch_size=8,
+        centres=repo.centres_tensor(),
+        gamma=repo.gamma,
+    )
+    settings = Settings(store=tmp_path, backend="torch", load_in_background=False, warmup=False)
+    with TestClient(create_app(settings)) as client:
+        for outcome in outcomes:
+            files = {"file": ("v.mp4", Path(outcome.path).read_bytes())}
+            body = client.post("/recognize", files=files, data={"model": "t"}).json()
+            assert [t["label"] for t in body["top5"]] == [
+                bundle.labels[i] for i in outcome.order[:5]
+            ]
+            assert body["unknown"] == outcome.unknown
+            distance = body["detail"]["distances"][0]["distance"]
+            assert distance == pytest.approx(outcome.nearest, rel=1e-5)
+    # and tailoring changes what the network sees on these videos
+    assert untailored[0].nearest != pytest.approx(outcomes[0].nearest, rel=1e-4)

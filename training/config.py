@@ -118,6 +118,14 @@ class TrainConfig:
     gamma_percentile: float = _f(95.0, "ms3d: in-class distance percentile used as gamma")
     holdout_classes: int = _f(1, "ms3d: classes held out of training for open-set figures")
     npair_scale: float = _f(10.0, "ms3d: similarity scale in the N-pair loss")
+    tailor: bool = _f(
+        False, "ms3d: the tailor strategy (Eq. 7-8) on every frame, in training and serving"
+    )
+    tailor_boxes: str = _f(
+        "motion", "ms3d tailor: box source, 'motion' (built in) or a YOLO ONNX file"
+    )
+    tailor_eta: float = _f(1.2, "ms3d tailor: enhancement inside the box, eta (Eq. 7)")
+    tailor_xi: float = _f(0.9, "ms3d tailor: decay per band outside the box, xi (Eq. 8)")
 
     # --- full_video ("No frame left behind", Liu et al., CVPR 2021)
     clustering: Literal["cumulative", "slope", "uniform", "none"] = _f(
@@ -196,6 +204,7 @@ PRESETS: dict[Preset, dict[Family, dict[str, Any]]] = {
             weight_decay=0.0,
             drop_rate=0.7,
             pathway_sizes=(7, 17, 25),
+            tailor=True,
         ),
         # "No frame left behind" (Section 4) follows TSM: SGD 0.01 cosine, weight decay 5e-4, g = 8.
         "full_video": dict(

@@ -462,7 +462,7 @@ def train(cfg: TrainConfig) -> Path | None:
             model_kwargs=model_kwargs,
             family=cfg.family,
             labels=additions.labels,
-            spec=spec,
+            spec=additions.spec or spec,
             config=dataclasses.asdict(cfg),
             metrics=metrics,
             extra=extra,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from models.bundle import REPOSITORY_FILE
+from models.bundle import REPOSITORY_FILE, TAILOR_BOXES_FILE
+from models.fileio import atomic_write
 from models.pipeline import Forward
 from models.registry import get_spec
 from models.repository import Repository, calibrate_gamma, in_class_distances
 from models.spec import VariantSpec
 from models.stream import WholeVideoStages, stream_outputs
+from models.tailor import DEFAULT_BAND, tailor_settings
 from training.config import TrainConfig
 from training.datasets import (
     ClipDataset,
@@ -96,11 +99,14 @@ class BundleParts:
         labels: The bundle's class names in index order.
         files: Files the task wrote into the bundle directory (checksummed in the manifest).
         metrics: Figures to add to the manifest's final metrics.
+        spec: The spec the bundle records when it differs from the run's (files it names
+            given relative to the bundle); ``None``: the run's.
     """
 
     labels: list[str]
     files: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    spec: VariantSpec | None = None
 
 
 def _collate_clips(items: list[Any]) -> Batch:
@@ -388,7 +394,22 @@ class MS3DTask(Task):
         if self.cfg.walks:
             kw["walks"] = self.cfg.walks
         pathways = tuple(self.cfg.pathway_sizes) if self.cfg.pathway_sizes else d.pathways
-        return d.replace(pathways=pathways, sampler_kwargs=kw)
+        d = d.replace(pathways=pathways, sampler_kwargs=kw)
+        if self.cfg.tailor:
+            tailor: dict[str, Any] = {
+                "boxes": self.cfg.tailor_boxes,
+                "eta": self.cfg.tailor_eta,
+                "xi": self.cfg.tailor_xi,
+                "band": DEFAULT_BAND,
+            }
+            try:
+                tailor_settings(tailor)
+            except ValueError as err:
+                raise SystemExit(f"--tailor: {err}") from None
+            if tailor["boxes"] != "motion" and not Path(tailor["boxes"]).is_file():
+                raise SystemExit(f"--tailor-boxes {tailor['boxes']}: no such YOLO ONNX file")
+            d = d.replace(tailor=tailor)
+        return d
 
     def split(self, splits: DatasetSplits) -> DataSplit:
         """Hold the last ``holdout_classes`` classes out of training, once (their training
@@ -465,7 +486,17 @@ class MS3DTask(Task):
         if data.held_out:
             metrics["all_classes_after_adding_top1"] = self._add_held_out(repo, forward, data)
         repo.save(bundle_dir / REPOSITORY_FILE)
-        return BundleParts(labels=list(repo.names), files=[REPOSITORY_FILE], metrics=metrics)
+        files, spec = [REPOSITORY_FILE], self.spec()
+        boxes = spec.tailor.get("boxes", "motion")
+        if boxes != "motion":  # the YOLO file travels in the bundle, named relative to it
+
+            def copy(tmp: Path) -> None:
+                shutil.copyfile(boxes, tmp)
+
+            atomic_write(bundle_dir / TAILOR_BOXES_FILE, copy)
+            files.append(TAILOR_BOXES_FILE)
+            spec = spec.replace(tailor={**spec.tailor, "boxes": TAILOR_BOXES_FILE})
+        return BundleParts(labels=list(repo.names), files=files, metrics=metrics, spec=spec)
 
     def _embed(self, forward: Forward, entries: Sequence[VideoEntry]) -> _Embedded:
         return _embed_entries(forward, entries, self.spec(), self.cfg.batch_size)
