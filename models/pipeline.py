@@ -22,6 +22,7 @@ from torch import Tensor
 from models.aggregators import VideoScores, aggregate
 from models.spec import VariantSpec
 from models.tailor import tailor_chunk
+from video.augment import Augment
 from video.decode import DecodeLimits, VideoMeta, decode_video
 from video.sampling import sample_indices
 from video.transforms import clips_to_tensor
@@ -100,9 +101,10 @@ def inputs_from_indices(
     train: bool = False,
     rng: np.random.Generator | None = None,
     hflip: bool = False,
+    augment: Augment | None = None,
 ) -> Tensor:
     """Frames at ``indices`` -> normalised ``(N, 3, L, h, w)`` input, cropped as the spec says
-    (centre crop in evaluation, random crop and optional flip in training)."""
+    (centre crop in evaluation; in training random crop, optional flip and augmentation)."""
     return clips_to_tensor(
         frames,
         indices,
@@ -112,6 +114,7 @@ def inputs_from_indices(
         train=train,
         rng=rng,
         hflip=hflip,
+        augment=augment,
     )
 
 

@@ -68,6 +68,12 @@ class TrainConfig:
     workers: int = _f(2, "data-loading worker processes (0: load in the main process)")
     max_clips: int = _f(20, "cap on clips per video in video-level training (evenly spaced)")
     eval_max_clips: int = _f(0, "cap on clips per video at evaluation (0: all clips)")
+    augment: bool = _f(
+        False,
+        "training augmentation that keeps motion labels: random resized crop, brightness, "
+        "contrast, blur, noise (never a flip); on in the demo presets",
+    )
+    augment_crop: float = _f(0.75, "augmentation: smallest crop side, as a fraction of the frame")
     limit_train: int = _f(0, "use only the first N training videos (0: all)")
     limit_test: int = _f(0, "use only the first N test videos (0: all)")
     strict: bool = _f(False, "refuse to start when any listed video is missing or undecodable")
@@ -156,12 +162,24 @@ class TrainConfig:
 PRESETS: dict[Preset, dict[Family, dict[str, Any]]] = {
     "demo": {
         # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
-        "c3d_vll": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
-        "attention_lstm": dict(
-            epochs=40, batch_size=8, optimizer="adam", lr=2e-3, lam=1.0, weight_decay=1e-5
+        "c3d_vll": dict(
+            epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
         ),
-        "ms3d": dict(epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5),
-        "full_video": dict(epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4),
+        "attention_lstm": dict(
+            epochs=40,
+            batch_size=8,
+            optimizer="adam",
+            lr=2e-3,
+            lam=1.0,
+            weight_decay=1e-5,
+            augment=True,
+        ),
+        "ms3d": dict(
+            epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5, augment=True
+        ),
+        "full_video": dict(
+            epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
+        ),
     },
     "paper": {
         # The c3d_vll paper (Shi et al.), Section 4.1: SGD at 0.001, x0.1 every 2000

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from models.pipeline import decode_for, inputs_from_indices, sample_video
 from models.spec import VariantSpec
+from video.augment import Augment
 from video.decode import DecodeLimits, probe_video
 from video.errors import VideoError
 
@@ -560,6 +561,7 @@ class _VideoSource(Dataset):
         spec: VariantSpec,
         train: bool = False,
         hflip: bool = False,
+        augment: Augment | None = None,
         max_clips: int | None = None,
         seed: int = 0,
         limits: DecodeLimits | None = None,
@@ -570,6 +572,7 @@ class _VideoSource(Dataset):
         self.spec = spec
         self.train = train
         self.hflip = hflip
+        self.augment = augment
         self.max_clips = max_clips or None
         self.seed = seed
         self.limits = limits
@@ -606,7 +609,13 @@ class _VideoSource(Dataset):
         self, frames: np.ndarray, idx: np.ndarray, rng: np.random.Generator | None
     ) -> torch.Tensor:
         return inputs_from_indices(
-            frames, idx, self.spec, train=self.train, rng=rng, hflip=self.hflip
+            frames,
+            idx,
+            self.spec,
+            train=self.train,
+            rng=rng,
+            hflip=self.hflip,
+            augment=self.augment,
         )
 
     def __len__(self) -> int:
@@ -657,6 +666,7 @@ class VideoDataset(_VideoSource):
             :mod:`models.pipeline` applies them in evaluation and serving.
         train: Training randomness (sampler, crop, flip), seeded by ``(seed, epoch, item)``.
         hflip: Random horizontal flip in training; never for direction classes.
+        augment: Training augmentation (:mod:`video.augment`), one draw per item.
         max_clips: Cap on inputs per video (``None``/0: no cap).
         seed: Base seed of the training randomness.
         limits: Decode limits.

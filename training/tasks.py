@@ -45,6 +45,7 @@ from training.evaluate import VideoOutcome, evaluate_videos
 from training.losses.attention import attention_lstm_loss
 from training.losses.npair import npair_batches, npair_loss
 from training.losses.vll import clip_ce_loss, vll_loss
+from video.augment import Augment
 from video.errors import VideoError
 
 __all__ = ["Batch", "BundleParts", "DataSplit", "Task", "calibration_split", "make_task"]
@@ -201,11 +202,20 @@ class Task:
     def video_level(self) -> bool:
         return True
 
+    def augment(self) -> Augment | None:
+        """The training augmentation (``--augment``), or ``None``."""
+        return Augment(crop_scale=self.cfg.augment_crop) if self.cfg.augment else None
+
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
         spec = self.spec()
         if self.video_level():
             return VideoDataset(
-                entries, spec=spec, train=True, max_clips=self.cfg.max_clips, seed=self.cfg.seed
+                entries,
+                spec=spec,
+                train=True,
+                max_clips=self.cfg.max_clips,
+                seed=self.cfg.seed,
+                augment=self.augment(),
             )
         # Every input of every video once per epoch, shuffled across videos: the inputs a
         # video-level run of the same config sees, so the two differ in the loss only.
@@ -216,6 +226,7 @@ class Task:
             mode="all",
             max_clips=self.cfg.max_clips,
             seed=self.cfg.seed,
+            augment=self.augment(),
         )
 
     def collate(self, items: list[Any]) -> Batch:
@@ -442,7 +453,9 @@ class MS3DTask(Task):
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
         spec = self.spec()
         one_walk = spec.replace(sampler_kwargs={**spec.sampler_kwargs, "walks": 1})
-        return VideoDataset(entries, spec=one_walk, train=True, seed=self.cfg.seed)
+        return VideoDataset(
+            entries, spec=one_walk, train=True, seed=self.cfg.seed, augment=self.augment()
+        )
 
     def loader(
         self, dataset: Dataset, entries: Sequence[VideoEntry], rank: int, world: int, workers: int
@@ -701,7 +714,9 @@ class FullVideoTask(Task):
         return d.replace(sampler="all", segments=self.cfg.num_clusters or d.segments)
 
     def train_dataset(self, entries: Sequence[VideoEntry]) -> Dataset:
-        return VideoDataset(entries, spec=self.spec(), train=True, seed=self.cfg.seed)
+        return VideoDataset(
+            entries, spec=self.spec(), train=True, seed=self.cfg.seed, augment=self.augment()
+        )
 
     def collate(self, items: list[Any]) -> Batch:
         return _collate_padded_videos(items)

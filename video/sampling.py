@@ -275,6 +275,12 @@ def _sample_consecutive(
     max_clips: int | None = None,
 ) -> np.ndarray:
     clips = consecutive_clips(len(frames), clip_len, stride, frame_step)
+    if train and rng is not None and len(clips) and clips[-1, -1] < len(frames) - 1:
+        # Temporal jitter: shift the whole grid of clips by up to the slack after the last
+        # clip (less than one stride), so the number of clips never changes.
+        step = int(clips[1, 0] - clips[0, 0]) if len(clips) > 1 else len(frames)
+        slack = min(len(frames) - 1 - int(clips[-1, -1]), step - 1)
+        clips = clips + int(rng.integers(0, slack + 1))
     if max_clips is not None:
         clips = clips[evenly_spaced(len(clips), max_clips)]
     return clips

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from video.augment import Augment, augment_clips
+
 __all__ = ["centre_crop_offsets", "clips_to_tensor", "normalize", "random_crop_offsets"]
 
 
@@ -82,6 +84,7 @@ def clips_to_tensor(
     train: bool = False,
     rng: np.random.Generator | None = None,
     hflip: bool = False,
+    augment: Augment | None = None,
 ) -> torch.Tensor:
     """Gather, crop, scale and normalise sampled clips into the network input.
 
@@ -96,6 +99,8 @@ def clips_to_tensor(
         rng: Random generator for training; a fresh unseeded one when ``None``.
         hflip: In training only, mirror the whole video with probability 1/2. Leave it off
             for direction-defined classes (it swaps left and right).
+        augment: In training only, :func:`video.augment.augment_clips` with these strengths
+            (one draw for the whole video), before normalisation.
 
     Returns:
         ``(N, 3, L, h, w)`` float32, contiguous.
@@ -124,4 +129,6 @@ def clips_to_tensor(
         frames = frames[:, top : top + crop[0], left : left + crop[1]]
     clips = np.ascontiguousarray(frames[idx])  # (N, L, h, w, 3)
     x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).to(torch.float32).div_(255.0)
+    if train and augment is not None:
+        x = augment_clips(x, augment, rng if rng is not None else np.random.default_rng())
     return normalize(x, mean, std).contiguous()
