@@ -165,6 +165,7 @@ def test_every_domain_error_has_one_status_and_code() -> None:
         "no_repository": 404,
         "last_class": 409,
         "empty_repository": 409,
+        "store_read_only": 403,
         "video_too_large": 413,
         "backend_unavailable": 503,
     }
