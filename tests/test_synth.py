@@ -103,6 +103,13 @@ def test_same_seed_same_bytes_other_seed_other_frames(style: str, dataset: Path,
     first = dataset if style == "default" else make("a", 7)
     again = make("b", 7)
     assert _files(again) == _files(first)
+    # The files hold the frames the generator drew, in either style.
+    decoded, _ = decode_video(first / "move_down" / "v_move_down_0002.mp4")
+    spec = sample_motion(
+        np.random.default_rng([7, 1, 2]), "move_down", frames=FRAMES, size=SIZE, style=style
+    )
+    rendered = render_video(spec, frames=FRAMES, size=SIZE)
+    assert np.abs(decoded.astype(int) - rendered.astype(int)).mean() < 6
     other = make("c", 8)
     name = "move_up/v_move_up_0000.mp4"
     a, _ = decode_video(first / name)

@@ -96,10 +96,10 @@ class Style:
     """The look of Move4Digits videos: the families each video draws one of, and its ranges.
 
     Attributes:
-        renderings: How the digit is drawn (see :func:`_glyph`).
+        renderings: How the digit is drawn (see :attr:`MotionSpec.rendering`).
         strokes: Stroke-width levels (``"thin"``, ``"normal"``, ``"thick"``), drawn by each
             rendering its own way.
-        backgrounds: Background families (see :data:`_BACKGROUNDS`); every one drifts.
+        backgrounds: Background families (docs/data.md#move4digits); every one drifts.
         speed: Range of the direction classes' speed, px per frame.
         digit_saturation: HSV saturation range of the stroke colour (any hue).
         digit_value: HSV value range of the stroke colour.
@@ -352,6 +352,7 @@ _PROCEDURAL: dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = 
     "seven_segment": _seven_segment,
     "dot_matrix": _dot_matrix,
 }
+_RENDERINGS = ("smooth", "blocky", "soft", "outline", *_PROCEDURAL)
 
 
 def _pick_digits(
@@ -455,9 +456,7 @@ def _tint(rng: np.random.Generator) -> np.ndarray:
     return 1.0 + rng.uniform(-0.3, 0.3, size=3)
 
 
-def _noise_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
-) -> np.ndarray:
+def _noise_bg(rng: np.random.Generator, side: int, base: np.ndarray, contrast: float) -> np.ndarray:
     coarse = _smooth(rng.standard_normal((side, side, 3)), 4.0)
     fine = _smooth(rng.standard_normal((side, side, 3)), 1.0)
     tex = coarse / coarse.std() + 0.5 * fine / fine.std()
@@ -465,7 +464,7 @@ def _noise_bg(
 
 
 def _gradient_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
+    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float
 ) -> np.ndarray:
     # Each channel ramps up or down on its own: the hue changes across the frame as well.
     gains = rng.uniform(0.5, 1.5, size=3) * rng.choice([-1.0, 1.0], size=3)
@@ -474,7 +473,7 @@ def _gradient_bg(
 
 
 def _stripes_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
+    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float
 ) -> np.ndarray:
     period, phase = rng.uniform(6.0, 14.0), rng.uniform(0, 2 * math.pi)
     bands = np.tanh(2.5 * np.sin(2 * math.pi * _plane(rng, side) / period + phase))
@@ -482,7 +481,7 @@ def _stripes_bg(
 
 
 def _checker_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
+    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float
 ) -> np.ndarray:
     square = int(rng.integers(4, 11))
     ox, oy = rng.integers(square, size=2)
@@ -491,9 +490,7 @@ def _checker_bg(
     return base + contrast * sign[..., None] * _tint(rng)
 
 
-def _grid_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
-) -> np.ndarray:
+def _grid_bg(rng: np.random.Generator, side: int, base: np.ndarray, contrast: float) -> np.ndarray:
     spacing, line = int(rng.integers(6, 13)), int(rng.integers(1, 3))
     ox, oy = rng.integers(spacing, size=2)
     ys, xs = np.mgrid[:side, :side]
@@ -502,9 +499,7 @@ def _grid_bg(
     return base + 1.5 * sign * contrast * lines[..., None] * _tint(rng)
 
 
-def _blobs_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
-) -> np.ndarray:
+def _blobs_bg(rng: np.random.Generator, side: int, base: np.ndarray, contrast: float) -> np.ndarray:
     tex = np.broadcast_to(base, (side, side, 3)).astype(np.float64)
     ys, xs = np.mgrid[:side, :side]
     for _ in range(int(rng.integers(12, 30))):
@@ -515,14 +510,12 @@ def _blobs_bg(
     return tex
 
 
-def _flat_bg(
-    rng: np.random.Generator, side: int, base: np.ndarray, contrast: float, style: Style
-) -> np.ndarray:
-    # Its only texture is the sensor noise that sample_motion adds to every frame.
+def _flat_bg(rng: np.random.Generator, side: int, base: np.ndarray, contrast: float) -> np.ndarray:
+    # Its only texture is the sensor noise render_video adds to every frame.
     return np.broadcast_to(base, (side, side, 3))
 
 
-_BACKGROUNDS: dict[str, Callable[..., np.ndarray]] = {
+_BACKGROUNDS: dict[str, Callable[[np.random.Generator, int, np.ndarray, float], np.ndarray]] = {
     "noise": _noise_bg,
     "gradient": _gradient_bg,
     "stripes": _stripes_bg,
@@ -531,9 +524,6 @@ _BACKGROUNDS: dict[str, Callable[..., np.ndarray]] = {
     "blobs": _blobs_bg,
     "flat": _flat_bg,
 }
-
-
-_RENDERINGS = ("smooth", "blocky", "soft", "outline", *_PROCEDURAL)
 
 
 def _family(
@@ -663,7 +653,7 @@ def sample_motion(
     )
     digit, other, value = _pick_digits(np.random.default_rng(digit_seed), rendering, stroke, split)
     texture = _BACKGROUNDS[background](
-        np.random.default_rng(texture_seed), size + 2 * margin, bg_base, contrast, look
+        np.random.default_rng(texture_seed), size + 2 * margin, bg_base, contrast
     )
     return MotionSpec(
         motion=motion,
