@@ -106,6 +106,8 @@ class Style:
         bg_saturation: HSV saturation range of the background's base colour.
         bg_value: HSV value range of the background's base colour.
         bg_contrast: Range of the background pattern's amplitude, grey levels.
+        dark_on_light: Share of videos whose stroke and background value ranges are swapped
+            (dark strokes on a light background).
     """
 
     renderings: tuple[str, ...]
@@ -117,6 +119,7 @@ class Style:
     bg_saturation: tuple[float, float]
     bg_value: tuple[float, float]
     bg_contrast: tuple[float, float]
+    dark_on_light: float = 0.0
 
 
 STYLES: dict[str, Style] = {
@@ -131,6 +134,9 @@ STYLES: dict[str, Style] = {
         bg_saturation=(0.0, 0.45),
         bg_value=(0.2, 0.45),
         bg_contrast=(15.0, 35.0),
+        # Half the videos the other way round: a model should not learn that the mover is
+        # the brightest thing in the frame.
+        dark_on_light=0.5,
     ),
     # A look the default style never shows: constructed glyphs and hollow strokes, vivid darker
     # strokes on light geometric backgrounds. Its speeds lie inside the default range, so a
@@ -192,6 +198,7 @@ class MotionSpec:
         sensor_noise: Std, in grey levels, of Gaussian noise drawn afresh for every frame.
         noise_seed: Seed of that noise, so that rendering stays a pure function of the spec.
         digit_value: The moving digit's value (0-9; -1 where unknown).
+        dark_on_light: Whether the strokes were drawn darker than the background.
     """
 
     motion: str
@@ -214,6 +221,7 @@ class MotionSpec:
     sensor_noise: float = 0.0
     noise_seed: int = 0
     digit_value: int = -1
+    dark_on_light: bool = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -627,12 +635,16 @@ def sample_motion(
         cx, cy = (rng.uniform(lo, hi), rng.uniform(lo, hi)) if hi > lo else ((size - 1) / 2,) * 2
         centre = np.tile([cx, cy], (frames, 1))
 
-    colour = _hsv(rng, look.digit_saturation, look.digit_value)
+    dark = bool(rng.random() < look.dark_on_light)
+    digit_value, bg_value = (
+        (look.bg_value, look.digit_value) if dark else (look.digit_value, look.bg_value)
+    )
+    colour = _hsv(rng, look.digit_saturation, digit_value)
     bg_speed = rng.uniform(*_BG_SPEED)
     bg_dir = rng.uniform(0, 2 * math.pi)
     bg_velocity = (bg_speed * math.cos(bg_dir), bg_speed * math.sin(bg_dir))
     margin = int(math.ceil(_BG_SPEED[1] * span)) + 2
-    bg_base = _hsv(rng, look.bg_saturation, look.bg_value)
+    bg_base = _hsv(rng, look.bg_saturation, bg_value)
     contrast = rng.uniform(*look.bg_contrast)
     noise_level = float(rng.uniform(*_SENSOR_NOISE))
     bg_origin = (
@@ -676,6 +688,7 @@ def sample_motion(
         sensor_noise=noise_level if background == "flat" else 0.0,
         noise_seed=noise_seed,
         digit_value=value,
+        dark_on_light=dark,
     )
 
 
@@ -787,6 +800,7 @@ def _record(rel: str, split: str, spec: MotionSpec) -> dict[str, object]:
         "rendering": spec.rendering,
         "stroke": spec.stroke,
         "background": spec.background,
+        "dark_on_light": spec.dark_on_light,
         "digit": spec.digit_value,
         "speed": round(float(np.hypot(steps[:, 0], steps[:, 1]).mean()), 4) if len(steps) else 0.0,
         "distractor": spec.chunk_kind,
