@@ -66,10 +66,15 @@ def test_one_draw_per_video_and_eval_untouched() -> None:
     indices = np.stack([np.arange(6), np.arange(6)])  # the same clip twice
     x = clips_to_tensor(
         video, indices, mean=(0, 0, 0), std=(1, 1, 1), train=True,
-        rng=np.random.default_rng(1), augment=Augment(noise=0.0, blur_prob=1.0),
+        rng=np.random.default_rng(1), augment=Augment(blur_prob=1.0),
     )  # fmt: skip
-    # the same crop, colour and blur for every clip (the noise, per pixel, is off here)
+    # the same crop, colour, blur and noise pattern for every clip and frame
     torch.testing.assert_close(x[0], x[1], rtol=0, atol=0)
+    still = clips_to_tensor(
+        np.repeat(video[:1], 6, axis=0), indices, mean=(0, 0, 0), std=(1, 1, 1), train=True,
+        rng=np.random.default_rng(2), augment=Augment(),
+    )  # fmt: skip
+    assert float((still[:, :, 1:] - still[:, :, :-1]).abs().max()) == 0.0  # no flicker
     plain = clips_to_tensor(video, indices, mean=(0, 0, 0), std=(1, 1, 1))
     evaluated = clips_to_tensor(video, indices, mean=(0, 0, 0), std=(1, 1, 1), augment=Augment())
     torch.testing.assert_close(evaluated, plain, rtol=0, atol=0)
@@ -79,11 +84,11 @@ def test_one_draw_per_video_and_eval_untouched() -> None:
 def test_brightness_and_contrast_by_hand() -> None:
     clips = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 1, 1, 2, 2).expand(1, 3, 2, 2, 2).clone()
     only_brightness = Augment(crop_scale=1.0, contrast=0.0, blur_prob=0.0, noise=0.0)
-    b = np.random.default_rng(5).uniform(-0.3, 0.3)  # the one draw it makes
+    b = np.random.default_rng(5).uniform(-0.2, 0.2)  # the one draw it makes
     out = augment_clips(clips, only_brightness, np.random.default_rng(5))
     torch.testing.assert_close(out, (clips * (1 + b)).clamp(0, 1))
     only_contrast = Augment(crop_scale=1.0, brightness=0.0, blur_prob=0.0, noise=0.0)
-    c = np.random.default_rng(6).uniform(-0.3, 0.3)
+    c = np.random.default_rng(6).uniform(-0.2, 0.2)
     out = augment_clips(clips, only_contrast, np.random.default_rng(6))
     torch.testing.assert_close(out, ((clips - 0.5) * (1 + c) + 0.5).clamp(0, 1))
     with pytest.raises(ValueError, match="crop_scale"):

@@ -73,7 +73,7 @@ class TrainConfig:
         "training augmentation that keeps motion labels: random resized crop, brightness, "
         "contrast, blur, noise (never a flip); on in the demo presets",
     )
-    augment_crop: float = _f(0.75, "augmentation: smallest crop side, as a fraction of the frame")
+    augment_crop: float = _f(0.9, "augmentation: smallest crop side, as a fraction of the frame")
     limit_train: int = _f(0, "use only the first N training videos (0: all)")
     limit_test: int = _f(0, "use only the first N test videos (0: all)")
     strict: bool = _f(False, "refuse to start when any listed video is missing or undecodable")
@@ -163,7 +163,7 @@ PRESETS: dict[Preset, dict[Family, dict[str, Any]]] = {
     "demo": {
         # Measured on 2 CPU cores with Move4Digits at 60 videos per class (docs/results.md).
         "c3d_vll": dict(
-            epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
+            epochs=25, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
         ),
         "attention_lstm": dict(
             epochs=40,
@@ -175,10 +175,10 @@ PRESETS: dict[Preset, dict[Family, dict[str, Any]]] = {
             augment=True,
         ),
         "ms3d": dict(
-            epochs=15, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5, augment=True
+            epochs=30, batch_size=8, optimizer="adam", lr=2e-3, weight_decay=1e-5, augment=True
         ),
         "full_video": dict(
-            epochs=8, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
+            epochs=25, batch_size=8, optimizer="adam", lr=1e-3, weight_decay=1e-4, augment=True
         ),
     },
     "paper": {
