@@ -1,11 +1,11 @@
 """Training augmentation that keeps a motion label valid.
 
 Applied to a video's network input in training only, with one draw per video (every clip and
-frame of the video gets the same crop, colour change and blur, so what moves and how is
-unchanged): a random resized crop within bounds, brightness and contrast, Gaussian blur and
-a fixed pattern of pixel noise. Nothing mirrors or rotates the frames, so direction-defined classes (move_left
-and move_right, say) keep their meaning; temporal jitter is the samplers' (see
-:func:`video.sampling.sample_indices`).
+frame of the video gets the same crop, colour change, blur and noise pattern, so what moves
+and how is unchanged): a random resized crop within bounds, brightness and contrast, Gaussian
+blur and a fixed pattern of pixel noise. Nothing mirrors or rotates the frames, so
+direction-defined classes (move_left and move_right, say) keep their meaning; temporal jitter
+is the samplers' (see :func:`video.sampling.sample_indices`).
 """
 
 from __future__ import annotations
