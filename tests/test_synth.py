@@ -27,8 +27,12 @@ from video.decode import decode_video
 
 FRAMES, SIZE = 16, 32  # small videos keep the tests fast
 DIRECTIONS = CLASS_SETS["extended"][:8]
-RENDERINGS = [(s, r) for s in STYLES for r in STYLES[s].renderings]
-BACKGROUNDS = [(s, b) for s in STYLES for b in STYLES[s].backgrounds]
+# The classic style has one family of each kind and draws its own way (tested on its own).
+DRAWN = [s for s in STYLES if s != "classic"]
+RENDERINGS = [(s, r) for s in DRAWN for r in STYLES[s].renderings]
+BACKGROUNDS = [(s, b) for s in DRAWN for b in STYLES[s].backgrounds]
+# One frame's pixel sum, as the first generator (before styles) drew it: see the test.
+CLASSIC_FRAME_SUM = 236540
 STROKES = ("thin", "normal", "thick")
 
 
@@ -40,7 +44,9 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("m4d") / "a"
-    return generate(out, per_class=4, seed=7, frames=FRAMES, size=SIZE, progress=False)
+    return generate(
+        out, per_class=4, seed=7, frames=FRAMES, size=SIZE, style="varied", progress=False
+    )
 
 
 def test_layout_and_balance(dataset: Path):
@@ -58,7 +64,7 @@ def test_layout_and_balance(dataset: Path):
         assert " " not in line and (dataset / line).is_file()
     meta = json.loads((dataset / "move4digits.json").read_text())
     assert meta["classes"] == list(CLASS_SETS["4"]) and meta["seed"] == 7
-    assert meta["style"] == "default" and meta["speed_range"] == [0.6, 1.6]
+    assert meta["style"] == "varied" and meta["speed_range"] == [0.6, 1.6]
     assert meta["families"]["rendering"] == ["smooth", "blocky", "soft"]
 
 
@@ -67,7 +73,7 @@ def test_videos_jsonl_records_every_video(dataset: Path):
     train = [line.split()[0] for line in (dataset / "trainlist01.txt").read_text().splitlines()]
     test = (dataset / "testlist01.txt").read_text().splitlines()
     assert sorted(r["video"] for r in records) == sorted(train + test)
-    look = STYLES["default"]
+    look = STYLES["varied"]
     for r in records:
         assert r["split"] == ("test" if r["video"] in test else "train")
         assert r["motion"] == r["video"].split("/")[0]
@@ -81,7 +87,9 @@ def test_videos_are_h264_with_the_rendered_frames(dataset: Path):
     path = dataset / "move_left" / "v_move_left_0001.mp4"
     frames, meta = decode_video(path)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and meta.codec == "h264"
-    spec = sample_motion(np.random.default_rng([7, 2, 1]), "move_left", frames=FRAMES, size=SIZE)
+    spec = sample_motion(
+        np.random.default_rng([7, 2, 1]), "move_left", frames=FRAMES, size=SIZE, style="varied"
+    )
     rendered = render_video(spec, frames=FRAMES, size=SIZE)
     # Lossy but close: the file holds the frames the generator drew.
     assert np.abs(frames.astype(int) - rendered.astype(int)).mean() < 6
@@ -100,7 +108,7 @@ def test_same_seed_same_bytes_other_seed_other_frames(style: str, dataset: Path,
             progress=False,
         )
 
-    first = dataset if style == "default" else make("a", 7)
+    first = dataset if style == "varied" else make("a", 7)
     again = make("b", 7)
     assert _files(again) == _files(first)
     # The files hold the frames the generator drew, in either style.
@@ -140,18 +148,23 @@ def test_bad_arguments(tmp_path: Path):
         generate(tmp_path, per_class=4, seed=0, style="fancy")
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="rendering"):
-        sample_motion(rng, "move_up", rendering="fancy")
+        sample_motion(rng, "move_up", style="varied", rendering="fancy")
     with pytest.raises(ValueError, match="stroke"):
-        sample_motion(rng, "move_up", stroke="fancy")
+        sample_motion(rng, "move_up", style="varied", stroke="fancy")
     with pytest.raises(ValueError, match="background"):
-        sample_motion(rng, "move_up", background="fancy")
+        sample_motion(rng, "move_up", style="varied", background="fancy")
+    with pytest.raises(ValueError, match="classic style has one family"):
+        sample_motion(rng, "move_up", rendering="smooth")
 
 
 # Styles and families.
 
 
-def test_alt_style_shares_no_rendering_or_background_with_default():
-    default, alt = STYLES["default"], STYLES["alt"]
+def test_alt_style_shares_no_rendering_or_background_with_the_others():
+    for other in ("classic", "varied"):
+        assert not set(STYLES[other].renderings) & set(STYLES["alt"].renderings)
+        assert not set(STYLES[other].backgrounds) & set(STYLES["alt"].backgrounds)
+    default, alt = STYLES["varied"], STYLES["alt"]
     assert not set(default.renderings) & set(alt.renderings)
     assert not set(default.backgrounds) & set(alt.backgrounds)
     # Its colours differ too: vivid darker strokes on light backgrounds.
@@ -243,6 +256,27 @@ def _alpha_estimate(video: np.ndarray, background: np.ndarray, colour: np.ndarra
     return np.clip((moved * towards).sum(-1) / np.maximum((towards**2).sum(-1), 1.0), 0.0, 1.0)
 
 
+@pytest.mark.parametrize("motion", DIRECTIONS)
+def test_classic_digit_moves_in_its_direction_and_stays_in_view(motion: str):
+    for k in range(3):
+        spec = sample_motion(np.random.default_rng([1, k]), motion, frames=32, size=64)
+        assert (spec.style, spec.rendering, spec.background) == ("classic", "smooth", "noise")
+        video = render_video(_digit_only(spec), frames=32, size=64)
+        centre, mass = _centroids(_ink(video))
+        _check_motion(motion, spec, centre, mass)
+
+
+def test_classic_is_the_default_and_the_first_look(tmp_path: Path):
+    """The generator's default reproduces the videos the first generator made: a pixel sum of
+    one frame, recorded from the generator before styles existed, still holds."""
+    out = generate(tmp_path / "c", per_class=2, seed=0, frames=8, size=32, progress=False)
+    meta = json.loads((out / "move4digits.json").read_text())
+    assert meta["style"] == "classic" and meta["families"]["background"] == ["noise"]
+    spec = sample_motion(np.random.default_rng([0, 0, 0]), "move_up", frames=8, size=32)
+    frame = render_video(spec, frames=8, size=32)[3]
+    assert int(frame.astype(np.int64).sum()) == CLASSIC_FRAME_SUM
+
+
 @pytest.mark.parametrize(("style", "background"), BACKGROUNDS)
 @pytest.mark.parametrize("motion", ["move_up", "move_right", "move_down_left"])
 def test_digit_moves_over_every_background(motion: str, style: str, background: str):
@@ -315,7 +349,9 @@ def test_renderings_of_one_digit_differ():
     # The handwritten renderings of the same load_digits image are different drawings.
     frames = {}
     for rendering in ("smooth", "blocky", "soft", "outline"):
-        spec = sample_motion(np.random.default_rng(6), "move_up", rendering=rendering)
+        spec = sample_motion(
+            np.random.default_rng(6), "move_up", style="varied", rendering=rendering
+        )
         frames[rendering] = render_video(_digit_only(spec), frames=1)[0, ..., 0].astype(int)
     names = list(frames)
     for i, a in enumerate(names):
@@ -438,7 +474,9 @@ def test_train_and_test_digits_are_disjoint():
         for k in range(10):
             for split, is_test in (("train", False), ("test", True)):
                 rng = np.random.default_rng(k)
-                spec = sample_motion(rng, "move_up", split=split, rendering=rendering)
+                spec = sample_motion(
+                    rng, "move_up", split=split, style="varied", rendering=rendering
+                )
                 assert where[spec.digit.tobytes()] == {is_test}
                 assert where[spec.distractor_digit.tobytes()] == {is_test}
                 assert spec.digit_value == value[spec.digit.tobytes()]

@@ -10,9 +10,11 @@ never the digit. Videos are written in the UCF101 layout (split 1), so
     python -m training.synth --out data/move4digits --classes 4 --per-class 100 --seed 0
 
 A *style* (:data:`STYLES`) is the look: the digit renderings, stroke widths and background
-families every video draws from, its colour ranges and its speed range. ``alt`` shares no
-rendering or background family with ``default``: train on one, test on the other to measure
-generalisation to a look never seen (``--style alt``).
+families every video draws from, its colour ranges and its speed range. ``classic`` (the
+default) is the first look, reproduced byte for byte; ``varied`` adds renderings, strokes,
+backgrounds, both polarities and a wider speed range; ``alt`` shares no rendering or
+background family with either: train on one, test on ``alt`` to measure generalisation to a
+look never seen (``--style alt``).
 
 The same arguments give byte-identical files. Classes, motion, styles, distractors,
 determinism: docs/data.md#move4digits.
@@ -83,6 +85,7 @@ _SCALE_SMALL = (0.55, 0.7)  # grow starts / shrink ends here ...
 _SCALE_LARGE = (1.25, 1.4)  # ... and the other end here
 _SPIN_DEG = (4.0, 6.0)  # degrees per frame for the rotation classes
 _BG_SPEED = (0.15, 0.3)  # background drift, px per frame
+_CLASSIC_SPEED = (0.8, 1.2)  # px per frame along the direction of motion, classic style
 _DISTRACTORS = ("black", "background", "static_digit")
 _SENSOR_NOISE = (3.0, 8.0)  # grey levels (std) of the per-frame noise of "flat" backgrounds
 # Every rendering but the plain bilinear one is drawn on a canvas of 3 px per digit cell with
@@ -123,8 +126,22 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    # Handwritten load_digits shapes, bright strokes on dark textured backgrounds.
-    "default": Style(
+    # The first Move4Digits look (drawn by its own code, _sample_classic, so that a seed gives
+    # the videos it always gave): the generator's default, and the shipped demo bundles' data.
+    "classic": Style(
+        renderings=("smooth",),
+        strokes=("normal",),
+        backgrounds=("noise",),
+        speed=_CLASSIC_SPEED,
+        digit_saturation=(0.0, 0.25),
+        digit_value=(0.75, 1.0),
+        bg_saturation=(0.0, 0.5),
+        bg_value=(0.2, 0.45),
+        bg_contrast=(25.0, 25.0),
+    ),
+    # Handwritten load_digits shapes in several renderings, strokes and backgrounds, either
+    # polarity: more variety for models that should generalise.
+    "varied": Style(
         renderings=("smooth", "blocky", "soft"),
         strokes=("thin", "normal", "thick"),
         backgrounds=("noise", "gradient", "stripes"),
@@ -138,9 +155,10 @@ STYLES: dict[str, Style] = {
         # the brightest thing in the frame.
         dark_on_light=0.5,
     ),
-    # A look the default style never shows: constructed glyphs and hollow strokes, vivid darker
-    # strokes on light geometric backgrounds. Its speeds lie inside the default range, so a
-    # model trained on default meets no new speed, only a new look.
+    # A look the classic and varied styles never show: constructed glyphs and hollow
+    # strokes, vivid darker strokes on light geometric backgrounds. Its speeds lie inside the
+    # varied range, so a
+    # model trained on varied meets no new speed, only a new look.
     "alt": Style(
         renderings=("seven_segment", "dot_matrix", "outline"),
         strokes=("thin", "normal", "thick"),
@@ -214,7 +232,7 @@ class MotionSpec:
     chunk: tuple[int, int]
     chunk_kind: str
     distractor_centre: tuple[float, float]
-    style: str = "default"
+    style: str = "classic"
     rendering: str = "smooth"
     stroke: str = "normal"
     background: str = "noise"
@@ -555,6 +573,102 @@ def _track(rng: np.random.Generator, lo: float, hi: float, delta: float) -> floa
     return float(rng.uniform(first, last)) if last > first else (lo + hi - delta) / 2
 
 
+def _classic_texture(rng: np.random.Generator, side: int) -> np.ndarray:
+    """The ``classic`` style's drifting background: smoothed colour noise around a dark mean."""
+    coarse = _smooth(rng.standard_normal((side, side, 3)), 4.0)
+    fine = _smooth(rng.standard_normal((side, side, 3)), 1.0)
+    tex = coarse / coarse.std() + 0.5 * fine / fine.std()
+    tex = tex / tex.std()
+    mean = rng.uniform(60.0, 110.0, size=3)
+    return np.clip(mean + 25.0 * tex, 0.0, 200.0).astype(np.float32)
+
+
+def _sample_classic(
+    rng: np.random.Generator, motion: str, *, split: str, frames: int, size: int
+) -> MotionSpec:
+    """The ``classic`` style: the first Move4Digits look, with its draws in their original
+    order, so a seed gives the same videos, byte for byte, as before styles existed
+    (smoothly upsampled ``load_digits`` strokes, bright on a dark noise texture)."""
+    if motion not in CLASS_SETS["extended"]:
+        raise ValueError(f"unknown motion {motion!r}")
+    images, labels = _digit_pools()[split]
+    pick = int(rng.integers(len(images)))
+    others = np.flatnonzero(labels != labels[pick])
+    digit, other = images[pick], images[int(rng.choice(others))]
+    t = np.arange(frames, dtype=np.float64)
+    span = max(frames - 1, 1)
+    base = _DIGIT_FRACTION * size
+
+    if motion in _DIRECTIONS:
+        dx, dy = _DIRECTIONS[motion]
+        norm = math.hypot(dx, dy)
+        tilt = math.radians(rng.uniform(-_TILT_DEG, _TILT_DEG))
+        radius = 0.5 * base * (abs(math.cos(tilt)) + abs(math.sin(tilt)))
+        room = size - 2 * radius
+        speed = min(rng.uniform(*_CLASSIC_SPEED), room * norm / (max(abs(dx), abs(dy)) * span))
+        vx, vy = speed * dx / norm, speed * dy / norm
+        x0 = _track(rng, radius - 0.5, size - 0.5 - radius, vx * span)
+        y0 = _track(rng, radius - 0.5, size - 0.5 - radius, vy * span)
+        centre = np.stack([x0 + vx * t, y0 + vy * t], axis=1)
+        scale = np.ones(frames)
+        angle = np.full(frames, tilt)
+    else:
+        if motion in ("grow", "shrink"):
+            small, large = rng.uniform(*_SCALE_SMALL), rng.uniform(*_SCALE_LARGE)
+            start, end = (small, large) if motion == "grow" else (large, small)
+            scale = start + (end - start) * t / span
+            tilt = math.radians(rng.uniform(-_TILT_DEG, _TILT_DEG))
+            angle = np.full(frames, tilt)
+            radius = 0.5 * base * large * (abs(math.cos(tilt)) + abs(math.sin(tilt)))
+        else:
+            spin = math.radians(rng.uniform(*_SPIN_DEG)) * (1 if motion == "rotate_cw" else -1)
+            angle = rng.uniform(-math.pi / 6, math.pi / 6) + spin * t
+            scale = np.ones(frames)
+            radius = 0.5 * base * math.sqrt(2)
+        lo, hi = radius - 0.5, size - 0.5 - radius
+        cx, cy = (rng.uniform(lo, hi), rng.uniform(lo, hi)) if hi > lo else ((size - 1) / 2,) * 2
+        centre = np.tile([cx, cy], (frames, 1))
+
+    colour = rng.uniform(190.0, 255.0, size=3)
+    bg_speed = rng.uniform(*_BG_SPEED)
+    bg_dir = rng.uniform(0, 2 * math.pi)
+    bg_velocity = (bg_speed * math.cos(bg_dir), bg_speed * math.sin(bg_dir))
+    margin = int(math.ceil(_BG_SPEED[1] * span)) + 2
+    texture = _classic_texture(rng, size + 2 * margin)
+    bg_origin = (
+        margin - bg_velocity[0] * span / 2,
+        margin - bg_velocity[1] * span / 2,
+    )
+    length = int(rng.integers(max(1, frames // 8), max(1, frames // 4) + 1))
+    chunk = (int(rng.integers(0, frames - length + 1)), length)
+    kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
+    lo, hi = 0.5 * base - 0.5, size - 0.5 - 0.5 * base
+    d_centre = (
+        (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+        if hi > lo
+        else (
+            (size - 1) / 2,
+            (size - 1) / 2,
+        )
+    )
+    return MotionSpec(
+        motion=motion,
+        digit=digit,
+        distractor_digit=other,
+        centre=centre,
+        scale=scale,
+        angle=np.asarray(angle, dtype=np.float64),
+        colour=colour,
+        bg_texture=texture,
+        bg_origin=bg_origin,
+        bg_velocity=bg_velocity,
+        chunk=chunk,
+        chunk_kind=kind,
+        distractor_centre=d_centre,
+        style="classic",
+    )
+
+
 def sample_motion(
     rng: np.random.Generator,
     motion: str,
@@ -562,7 +676,7 @@ def sample_motion(
     split: str = "train",
     frames: int = 32,
     size: int = 64,
-    style: str = "default",
+    style: str = "classic",
     rendering: str | None = None,
     stroke: str | None = None,
     background: str | None = None,
@@ -594,6 +708,10 @@ def sample_motion(
     if motion not in CLASS_SETS["extended"]:
         raise ValueError(f"unknown motion {motion!r}")
     look = _style(style)
+    if style == "classic":
+        if rendering or stroke or background:
+            raise ValueError("the classic style has one family of each kind: none can be given")
+        return _sample_classic(rng, motion, split=split, frames=frames, size=size)
     # Every draw happens whether or not the family is given, so the rest of the video stays.
     rendering = _family(rng, look.renderings, rendering, _RENDERINGS, "rendering")
     stroke = _family(rng, look.strokes, stroke, tuple(_STROKES), "stroke")
@@ -826,7 +944,7 @@ def generate(
     size: int = 64,
     test_fraction: float = 0.25,
     progress: bool = True,
-    style: str = "default",
+    style: str = "classic",
 ) -> Path:
     """Write a Move4Digits dataset in the UCF101 layout (split 1).
 
@@ -918,7 +1036,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="test share per class")
     parser.add_argument(
-        "--style", choices=sorted(STYLES), default="default", help="look (alt: cross-style test)"
+        "--style",
+        choices=sorted(STYLES),
+        default="classic",
+        help="look: classic (the default), varied, or alt (the cross-style test set)",
     )
     args = parser.parse_args(argv)
     out = generate(
