@@ -10,8 +10,9 @@ appends one JSON line per finished run to docs/study_runs.jsonl; finished runs a
 an interrupted study continues where it stopped. ``report`` reads that file only.
 
 Protocol 2 (this file's): the demo presets' label-keeping augmentation, clip-level epochs over
-every clip, ms3d's gamma from a calibration split never trained on, the Move4Digits default
-style's variety. The runs of protocol 1 are kept in docs/study_runs_protocol1.jsonl.
+every clip, ms3d's gamma from a calibration split never trained on, and each bundle's top-1
+on the alt style too; the training data is still Move4Digits' classic look. The runs of
+protocol 1 are kept in docs/study_runs_protocol1.jsonl.
 """
 
 from __future__ import annotations
@@ -278,10 +279,10 @@ def report() -> None:
         "class); `extended` = 12 motion classes x 30 videos; `4-long` = the 4 classes with",
         "64-frame videos (4 clips each, c3d_vll only). All videos are 32 frames unless said.",
         "Protocol 2: the demo presets' label-keeping augmentation, clip-level epochs over every",
-        "clip, ms3d's gamma from a calibration split never trained on, and the Move4Digits",
-        "default style's variety of digit renderings and backgrounds. `alt top-1` is the same",
-        "bundle on the alt-style test set (renderings and backgrounds the default style never",
-        "uses; seed 1): generalisation to a look never trained on.",
+        "clip, and ms3d's gamma from a calibration split never trained on; the data is",
+        "Move4Digits' classic look. `alt top-1` is the same bundle on the alt-style test set",
+        "(renderings and backgrounds the classic look never uses; seed 1): generalisation to a",
+        "look never trained on.",
         "Orderings are reported as they came out, including those that do not match the papers.",
         "Each family's paper is cited at the top of its module (`models/c3d_vll.py`,",
         '`models/full_video.py`, `models/attention_lstm.py`, `models/ms3d.py`); "its paper"',
