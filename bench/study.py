@@ -262,7 +262,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def report() -> None:
+def report(out: Path | None = None, png_suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -360,7 +360,7 @@ def report() -> None:
         ax.set_title(TITLES[family], fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        png = DOCS / f"results_{family}.png"
+        png = DOCS / f"results_{family}{png_suffix}.png"
         fig.savefig(png, dpi=110)
         plt.close(fig)
         sweeps = [r for r in rows if "open_set_sweep" in r["metrics"]]
@@ -395,7 +395,7 @@ def report() -> None:
             "",
         ]
     DOCS.mkdir(exist_ok=True)
-    out = DOCS / "results.md"
+    out = out or DOCS / "results.md"
     # Hand-written reading of the figures below the marker survives regeneration.
     notes = ""
     if out.is_file() and NOTES_MARKER in out.read_text():
@@ -403,7 +403,7 @@ def report() -> None:
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
     tmp.replace(out)
-    print(f"wrote {DOCS / 'results.md'}")
+    print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,12 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--family", action="append", choices=list(EPOCHS))
     r.add_argument("--dataset", action="append", choices=list(DATASETS))
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sub.add_parser("report")
+    rep = sub.add_parser("report")
+    rep.add_argument("--out", type=Path, help="Markdown file (default docs/results.md)")
+    rep.add_argument("--png-suffix", default="", help="suffix of the plot files' names")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         run(args.family, args.dataset or list(DATASETS), args.seeds)
     else:
-        report()
+        report(args.out, args.png_suffix)
     return 0
 
 
