@@ -149,7 +149,9 @@ class AccessControl:
             _check(credentials, self._keys.current(), "API key")
 
 
-def _check(credentials: HTTPAuthorizationCredentials | None, allowed: list[bytes], what: str):
+def _check(
+    credentials: HTTPAuthorizationCredentials | None, allowed: list[bytes], what: str
+) -> None:
     if credentials is None:
         raise ApiError(
             401,

@@ -175,6 +175,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "missing or wrong `Authorization: Bearer` credentials (API key, or admin token on "
         "the routes that change state); with `WWW-Authenticate`"
     ),
+    403: _doc(
+        "a route that changes state, and no admin token is configured (admin_disabled), or "
+        "the store is read-only (store_read_only)"
+    ),
     404: _doc("unknown model, or unknown class"),
     408: _doc(
         "the upload stalled (no bytes for upload_idle_timeout_s) or was slower than "
@@ -187,10 +191,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _doc(
         "bad parameters: no `file` field, not multipart/form-data, bad label, "
         "`timeline` not true/false, `window_s` not a number above 0"
-    ),
-    403: _doc(
-        "a route that changes state, and no admin token is configured (admin_disabled), or "
-        "the store is read-only (store_read_only)"
     ),
     503: _doc(
         "not ready, upload pool or work queue full, the request timed out, or the server is "
