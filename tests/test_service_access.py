@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,13 @@ def test_accepted_labels_round_trip_through_the_delete_path(store: Path, tmp_pat
 # ----------------------------------------------------------------------------- raw sockets
 
 
+def _wait_while(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is false or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @contextmanager
 def _serve(app: FastAPI) -> Iterator[int]:
     """``app`` under a real uvicorn on a free loopback port, in a thread."""
@@ -395,9 +402,7 @@ def test_tricklers_take_upload_slots_not_work_tickets(store: Path, tmp_path: Pat
         try:
             for t in tricklers:
                 t.start()
-            deadline = time.monotonic() + 10
-            while state.uploads.active < 3 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_while(lambda: state.uploads.active < 3)
             assert state.uploads.active == 3 and state.queue.depth == 0
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
                 answer = _recognize(client)
@@ -408,9 +413,7 @@ def test_tricklers_take_upload_slots_not_work_tickets(store: Path, tmp_path: Pat
         finally:
             for t in tricklers:
                 t.close()
-        deadline = time.monotonic() + 10
-        while state.uploads.active and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_while(lambda: state.uploads.active)
         assert state.uploads.active == 0
     _no_uploads(uploads)
 
@@ -439,9 +442,7 @@ def test_tricklers_filling_the_upload_pool_are_cut_and_a_normal_request_served(
         try:
             for t in tricklers:
                 t.start()
-            deadline = time.monotonic() + 10
-            while state.uploads.active < 4 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_while(lambda: state.uploads.active < 4)
             assert state.uploads.active == 4
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
                 answer = _recognize(client)
@@ -469,9 +470,7 @@ def test_a_stalled_upload_is_answered_408_and_its_temp_file_removed(
     with _serve(app) as port:
         stalled = _Trickler(port, every=None)
         stalled.start()
-        deadline = time.monotonic() + 10
-        while not list(uploads.glob("actrec-upload-*")) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_while(lambda: not list(uploads.glob("actrec-upload-*")))
         assert list(uploads.glob("actrec-upload-*")), "the upload should be spooling"
         stalled.join(20)
         status, body = _status_and_json(stalled.response)
@@ -491,9 +490,7 @@ def test_a_full_upload_pool_answers_503_after_the_wait(store: Path, tmp_path: Pa
         holder = _Trickler(port, every=0.2)
         holder.start()
         try:
-            deadline = time.monotonic() + 10
-            while app.state.service.uploads.active < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_while(lambda: app.state.service.uploads.active < 1)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 resp = _recognize(client)
                 _error(resp, 503, "overloaded")
