@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from models.registry import register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
+from models.weights import LoadReport, load_matching, read_state_dict
 
 __all__ = [
     "AttentionLSTM",
@@ -107,26 +108,14 @@ def _torchvision_vgg16_conv_keys(batch_norm: bool = False) -> dict[str, int]:
 
 
 def load_vgg16_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a VGG16 state dict from a local file without executing code.
-
-    Args:
-        path: A ``.safetensors`` file, or a PyTorch file (``.pth``/``.pt``) holding a plain
-            state dict (read with ``weights_only=True``).
+    """Read a VGG16 state dict from a local file without executing code
+    (:func:`models.weights.read_state_dict`: ``.safetensors``, or a PyTorch file holding a
+    plain state dict, read with ``weights_only=True``).
 
     Returns:
         The tensors by key (torchvision layout expected; validated when loaded into a model).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG16 weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a plain state dict of tensors")
-    return dict(state)
+    return read_state_dict(path)
 
 
 class VGG16Features(nn.Module):
@@ -188,38 +177,28 @@ class VGG16Features(nn.Module):
                 found[idx] = x
         return [found[i] for i in self.tap_indices]
 
-    def load_torchvision_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        """Load VGG16 conv weights given in torchvision's key layout.
+    def load_torchvision_state_dict(self, state: Mapping[str, Tensor]) -> LoadReport:
+        """Load VGG16 conv weights given in torchvision's key layout (``features.N.weight``,
+        ``features.N.bias``; ``vgg16_bn``'s BatchNorm entries with ``batch_norm``).
 
-        ``classifier.*`` keys are ignored, as are conv keys past the deepest tap. Any other
-        key, a missing key or a shape mismatch (e.g. a width-reduced model) is an error.
+        ``classifier.*`` keys (ImageNet's fully connected layers) are ignored, as are conv
+        keys past the deepest tap. Any other key, a missing key or a shape mismatch (e.g. a
+        width-reduced model) refuses the load, listing every offending key
+        (:func:`models.weights.load_matching`); nothing is copied then.
 
         Raises:
-            ValueError: Listing every offending key.
+            models.weights.WeightsMismatch: The state dict does not fit.
         """
         known = _torchvision_vgg16_conv_keys(self.batch_norm)
-        needed = {f"features.{k}": v for k, v in self.features.state_dict().items()}
-        unexpected = sorted(k for k in state if k not in known and not k.startswith("classifier."))
-        missing = sorted(k for k in needed if k not in state)
-        mismatched = sorted(
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in needed.items()
-            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        own = self.state_dict()
+        unused = {k for k in state if k.startswith("classifier.") or (k in known and k not in own)}
+        layout = "plain" if not self.batch_norm else "batch-norm (vgg16_bn)"
+        return load_matching(
+            self,
+            state,
+            skip=unused,
+            source=f"VGG16 weights (torchvision layout, {layout}, full width needed)",
         )
-        if unexpected or missing or mismatched:
-            problems = []
-            if missing:
-                problems.append(f"missing keys {missing}")
-            if unexpected:
-                more = " ..." if len(unexpected) > 10 else ""
-                problems.append(f"unexpected keys {unexpected[:10]}{more}")
-            if mismatched:
-                problems.append(f"shape mismatches {mismatched}")
-            raise ValueError(
-                "not a VGG16 state dict in torchvision's layout (features.N.weight/bias) "
-                "matching this model (full width needed): " + "; ".join(problems)
-            )
-        self.features.load_state_dict({k.removeprefix("features."): state[k] for k in needed})
 
 
 def spatial_pyramid(features: Tensor, attention: Tensor) -> Tensor:

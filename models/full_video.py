@@ -15,6 +15,7 @@ Design choices: docs/models.md#full_video.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from models.clustering import (
 )
 from models.registry import register_model
 from models.spec import IMAGENET_MEAN, IMAGENET_STD, VariantSpec
+from models.weights import LoadReport, load_matching
 
 __all__ = [
     "BACKBONES",
@@ -36,6 +38,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "FullVideoNet",
+    "from_torchvision_resnet",
     "full_video",
     "full_video_r50",
     "full_video_tiny",
@@ -165,6 +168,24 @@ BACKBONES: dict[str, _Backbone] = {
 }
 
 
+def from_torchvision_resnet(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A ResNet state dict in torchvision's key layout renamed to :class:`FullVideoNet`'s.
+
+    torchvision (and timm's plain ``resnet18`` / ``resnet50``) name the stem ``conv1.weight``
+    and ``bn1.*``, which become ``stem.0.weight`` and ``stem.1.*``; the residual stages
+    (``layer1.0.conv1.weight``, ``layer1.0.bn1.*``, ``layer1.0.downsample.0.weight``...) are
+    named as here, and the ImageNet classifier ``fc.*`` has no counterpart. Nothing else is
+    renamed, so a key of another layout stays visible as such in a refusal.
+    """
+
+    def rename(key: str) -> str:
+        if key == "conv1.weight":
+            return "stem.0.weight"
+        return "stem.1." + key.removeprefix("bn1.") if key.startswith("bn1.") else key
+
+    return {rename(k): v for k, v in state.items()}
+
+
 class FullVideoNet(nn.Module):
     """TSM ResNet with temporal clustering after ``layer1`` (or plain TSM for ``"none"``).
 
@@ -232,6 +253,35 @@ class FullVideoNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def load_imagenet_resnet(self, state: Mapping[str, Tensor]) -> LoadReport:
+        """Load an ImageNet ResNet of the same depth and width into the backbone.
+
+        ``state`` is in torchvision's key layout (:func:`from_torchvision_resnet`). The
+        temporal shift has no parameters, so every backbone tensor has its 2D counterpart and
+        must load; the classifier is new (``head`` keeps its initialisation, ImageNet's ``fc``
+        is ignored). BatchNorm's ``num_batches_tracked`` counters that the file lacks (older
+        torchvision files) stay at 0.
+
+        Raises:
+            models.weights.WeightsMismatch: Keys missing or unknown, or shapes that differ,
+                listed in the network's names (``stem.0`` = ``conv1``, ``stem.1`` = ``bn1``).
+        """
+        renamed = from_torchvision_resnet(state)
+        own = self.state_dict()
+        fresh = {k for k in own if k.startswith("head.")} | {
+            k for k in renamed if k.startswith("fc.")
+        }
+        fresh |= {k for k in own if k.endswith("num_batches_tracked") and k not in renamed}
+        hint = ""
+        if "conv1.0.weight" in state:
+            hint = " (a deep-stem ResNet such as timm's resnet50d: this backbone has one 7x7 stem)"
+        return load_matching(
+            self,
+            renamed,
+            skip=fresh,
+            source=f"the ResNet weights{hint} (torchvision layout; stem.0 = conv1, stem.1 = bn1)",
+        )
 
     @property
     def early_context(self) -> int:

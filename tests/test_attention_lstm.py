@@ -26,6 +26,7 @@ from models.attention_lstm import (
     spatial_pyramid,
 )
 from models.pipeline import sample_video
+from models.weights import WeightsMismatch
 from training.losses.attention import attention_lstm_loss, attention_regularizer, step_cross_entropy
 
 # torchvision vgg16().features: (layer index, in channels, out channels) of each 3x3 conv.
@@ -342,15 +343,22 @@ def test_vgg16_weights_mismatches_are_clear_errors(vgg16_files) -> None:
     state, _, _ = vgg16_files
     features = VGG16Features()
     missing = {k: v for k, v in state.items() if k != "features.28.bias"}
-    with pytest.raises(ValueError, match=r"missing keys \['features.28.bias'\]"):
+    with pytest.raises(WeightsMismatch, match=r"missing from the file \(1\): features.28.bias$"):
         features.load_torchvision_state_dict(missing)
     bn_like = {**state, "features.30.weight": torch.ones(512)}  # vgg16_bn shifts indices
-    with pytest.raises(ValueError, match=r"unexpected keys \['features.30.weight'\]"):
+    with pytest.raises(WeightsMismatch, match=r"not in the network \(1\): features.30.weight$"):
         features.load_torchvision_state_dict(bn_like)
-    # A width-reduced model cannot take full-size weights.
-    shape_error = r"features.0.weight: file \(64, 3, 3, 3\) vs model \(8, 3, 3, 3\)"
-    with pytest.raises(ValueError, match=shape_error):
+    # A width-reduced model cannot take full-size weights (the first conv is listed first).
+    shape_error = (
+        r"shape \(file vs network\) \(26\): features.0.weight \(64, 3, 3, 3\) vs \(8, 3, 3, 3\)"
+    )
+    with pytest.raises(WeightsMismatch, match=shape_error):
         VGG16Features(width=1 / 8).load_torchvision_state_dict(state)
+    # nothing is copied from a file that does not fit
+    before = {k: v.clone() for k, v in features.state_dict().items()}
+    with pytest.raises(WeightsMismatch):
+        features.load_torchvision_state_dict(missing)
+    assert all(torch.equal(v, before[k]) for k, v in features.state_dict().items())
 
 
 def test_vgg16_weights_of_a_shallower_model_ignore_deeper_layers(tmp_path: Path) -> None:
@@ -367,7 +375,7 @@ def test_vgg16_weights_of_a_shallower_model_ignore_deeper_layers(tmp_path: Path)
 
 
 def test_missing_vgg16_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="VGG16 weights file not found"):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
         attention_lstm_tiny(vgg_weights=tmp_path / "nope.pth")
 
 

@@ -86,6 +86,12 @@ class TrainConfig:
         "with --init-from: leave the class-dependent layers (the classifier) freshly "
         "initialised even when the classes match",
     )
+    pretrained: str = _f(
+        "",
+        "local ImageNet backbone weights (.pth read with weights_only=True, or .safetensors) "
+        "in torchvision's key layout: ResNet-18/50 for full_video, VGG16 for attention_lstm; "
+        "the classifier and the family's new layers start fresh (docs/pretrained.md)",
+    )
 
     # --- c3d_vll (Shi et al., EURASIP JIVP 2020:35)
     level: Literal["video", "clip"] = _f("video", "c3d_vll: video-level or clip-level training")
@@ -107,7 +113,7 @@ class TrainConfig:
         0, "frames between the frames of a clip, temporal dilation (0: model default)"
     )
     vote_steps: int = _f(0, "attention_lstm: L2, steps voted per clip (0: model default)")
-    vgg_weights: str = _f("", "attention_lstm: local VGG16 state dict (torchvision layout)")
+    vgg_weights: str = _f("", "attention_lstm: deprecated spelling of --pretrained")
     frozen_vgg: bool = _f(False, "attention_lstm: keep the VGG16 layers frozen")
 
     # --- ms3d ("MS3D: Multi-Clue Sparse 3D ConvNet", Man, Zou and Li)

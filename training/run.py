@@ -40,6 +40,7 @@ from models.stream import stages_for
 from training.config import TrainConfig, parse_config
 from training.datasets import load_dataset, validate_entries
 from training.init import init_from_bundle
+from training.pretrained import load_pretrained, pretrained_path
 from training.schedule import schedule_for, set_lr
 from training.tasks import Batch, DataSplit, Task, make_task
 
@@ -323,8 +324,11 @@ def train(cfg: TrainConfig) -> Path | None:
     # ---- model
     _seed_all(cfg.seed, 0)
     model_kwargs = task.model_kwargs()
-    model = create_model(task.model_name, spec=spec, **model_kwargs, **task.build_only_kwargs())
+    model = create_model(task.model_name, spec=spec, **model_kwargs)
     init_record: dict[str, Any] | None = None
+    pretrained_record: dict[str, Any] | None = None
+    if pretrained := pretrained_path(cfg):
+        pretrained_record = load_pretrained(model, task, pretrained)
     if cfg.init_from:
         init_record = init_from_bundle(
             model, task, spec, model_kwargs, cfg.init_from, backbone_only=cfg.init_backbone_only
@@ -453,6 +457,7 @@ def train(cfg: TrainConfig) -> Path | None:
                 "held_out_classes": list(data.held_out),
                 "calibration_videos": [_data_path(cfg, e.path) for e in data.calibration],
                 "init_from": init_record,
+                "pretrained": pretrained_record,
             },
         }
         write_bundle(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -24,14 +24,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from models.attention_lstm import AttentionLSTM
 from models.bundle import REPOSITORY_FILE, TAILOR_BOXES_FILE
 from models.fileio import atomic_write
+from models.full_video import FullVideoNet
 from models.pipeline import Forward
 from models.registry import get_spec
 from models.repository import Repository, calibrate_gamma, in_class_distances
 from models.spec import VariantSpec
 from models.stream import WholeVideoStages, stream_outputs
 from models.tailor import DEFAULT_BAND, tailor_settings
+from models.weights import LoadReport
 from training.config import TrainConfig
 from training.datasets import (
     ClipDataset,
@@ -186,9 +189,22 @@ class Task:
         """Network kwargs recorded in the bundle (the clip shape comes from :meth:`spec`)."""
         return {"num_classes": len(self.classes), **self.cfg.model_kwargs}
 
-    def build_only_kwargs(self) -> dict[str, Any]:
-        """Kwargs used to build for training only (e.g. a local pretrained file)."""
-        return {}
+    #: What ``--pretrained`` takes for this family; empty: nothing (no standard backbone).
+    pretrained_backbone: ClassVar[str] = ""
+
+    def load_pretrained(self, model: nn.Module, state: Mapping[str, Tensor]) -> LoadReport:
+        """Load ImageNet backbone weights (``--pretrained``) into the freshly built ``model``;
+        the report names keys as ``model.state_dict()`` does.
+
+        Raises:
+            ValueError: The family has no standard backbone.
+            models.weights.WeightsMismatch: The weights do not fit, with the keys listed.
+        """
+        raise ValueError(
+            f"{self.family} has no standard ImageNet backbone to start from; --pretrained "
+            "takes a ResNet-18/50 (full_video) or a VGG16 (attention_lstm); start from an "
+            "earlier bundle with --init-from instead"
+        )
 
     def spec(self) -> VariantSpec:
         """The effective variant spec: the registered one with the run's overrides."""
@@ -356,8 +372,16 @@ class AttentionTask(Task):
     def model_kwargs(self) -> dict[str, Any]:
         return {**super().model_kwargs(), "fusion": self.cfg.fusion, "frozen": self.cfg.frozen_vgg}
 
-    def build_only_kwargs(self) -> dict[str, Any]:
-        return {"vgg_weights": self.cfg.vgg_weights} if self.cfg.vgg_weights else {}
+    pretrained_backbone = "an ImageNet VGG16 (torchvision's vgg16, or vgg16_bn for BatchNorm)"
+
+    def load_pretrained(self, model: nn.Module, state: Mapping[str, Tensor]) -> LoadReport:
+        # VGG16 fills the pre-conv net; the report names the keys as the whole network does.
+        report = cast(AttentionLSTM, model).preconv.load_torchvision_state_dict(state)
+        return LoadReport(
+            loaded=[f"preconv.{k}" for k in report.loaded],
+            skipped=[f"preconv.{k}" for k in report.skipped],
+            ignored=report.ignored,
+        )
 
     def video_level(self) -> bool:
         return self.cfg.level == "video"
@@ -691,6 +715,11 @@ class FullVideoTask(Task):
     """full_video: every frame (or TSM-k sub-sampling), clustering inside the network."""
 
     family = "full_video"
+
+    pretrained_backbone = "an ImageNet ResNet-18 or ResNet-50 (torchvision's or timm's layout)"
+
+    def load_pretrained(self, model: nn.Module, state: Mapping[str, Tensor]) -> LoadReport:
+        return cast(FullVideoNet, model).load_imagenet_resnet(state)
 
     def _baseline_variant(self) -> bool:
         # The registered TSM baselines (``*_tsm``, ``*_tsm_all``) fix clustering themselves.
