@@ -95,6 +95,32 @@ def test_brightness_and_contrast_by_hand() -> None:
         Augment(crop_scale=0.0)
 
 
+def test_saturation_and_channel_shuffle_by_hand() -> None:
+    # one pixel, pure red at 0.5: luma 0.299 * 0.5 = 0.1495
+    clips = torch.tensor([0.5, 0.0, 0.0]).view(1, 3, 1, 1, 1).clone()
+    only_colour = Augment(
+        crop_scale=1.0, brightness=0.0, contrast=0.0, blur_prob=0.0, noise=0.0,
+        saturation=0.5, channel_shuffle=0.0,
+    )  # fmt: skip
+    f = np.random.default_rng(3).uniform(0.5, 1.5)
+    out = augment_clips(clips, only_colour, np.random.default_rng(3)).flatten()
+    grey = 0.1495
+    expected = torch.tensor([grey + (0.5 - grey) * f, grey * (1 - f), grey * (1 - f)])
+    torch.testing.assert_close(out, expected.clamp(0, 1).float())
+    only_shuffle = Augment(
+        crop_scale=1.0, brightness=0.0, contrast=0.0, blur_prob=0.0, noise=0.0,
+        saturation=0.0, channel_shuffle=1.0,
+    )  # fmt: skip
+    rgb = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1, 1)
+    rng = np.random.default_rng(4)
+    rng.random()  # the shuffle's coin
+    order = rng.permutation(3)
+    out = augment_clips(rgb, only_shuffle, np.random.default_rng(4)).flatten()
+    torch.testing.assert_close(out, rgb.flatten()[torch.from_numpy(order)])
+    with pytest.raises(ValueError, match="saturation"):
+        Augment(saturation=1.5)
+
+
 def test_consecutive_clips_jitter_in_training_without_changing_their_number() -> None:
     frames = np.zeros((40, 4, 4, 3), dtype=np.uint8)
     plain = sample_indices("consecutive", frames, clip_len=16)

@@ -4,8 +4,10 @@ Applied to a video's network input in training only, with one draw per video (ev
 frame of the video gets the same crop, colour change, blur and noise pattern, so what moves
 and how is unchanged): a random resized crop within bounds, brightness and contrast, Gaussian
 blur and a fixed pattern of pixel noise. Nothing mirrors or rotates the frames, so
-direction-defined classes (move_left and move_right, say) keep their meaning; temporal jitter
-is the samplers' (see :func:`video.sampling.sample_indices`).
+direction-defined classes (move_left and move_right, say) keep their meaning. The colour
+changes (saturation, and a hue change by permuting the colour channels) alter what things look
+like, never where they are. Temporal jitter is the samplers' (see
+:func:`video.sampling.sample_indices`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Augment:
             one pattern for the whole video, like a sensor's fixed-pattern noise. Noise drawn
             afresh per frame would swamp the frame-to-frame differences a one-pixel-per-frame
             motion makes (ms3d stopped learning with it).
+        saturation: Largest relative saturation change about each pixel's grey level (luma,
+            ITU-R BT.601 weights): a factor in ``[1 - saturation, 1 + saturation]``, so 1 allows
+            anything from grey to twice as vivid.
+        channel_shuffle: Probability of a random permutation of the colour channels (a hue
+            change that keeps every shape and its motion).
     """
 
     crop_scale: float = 0.9
@@ -46,6 +53,8 @@ class Augment:
     blur_prob: float = 0.2
     blur_sigma: tuple[float, float] = (0.4, 1.0)
     noise: float = 0.03
+    saturation: float = 1.0
+    channel_shuffle: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_scale <= 1.0:
@@ -56,6 +65,8 @@ class Augment:
             raise ValueError("brightness and contrast must lie in [0, 1)")
         if not 0.0 <= self.blur_prob <= 1.0 or self.noise < 0.0:
             raise ValueError("blur_prob must lie in [0, 1] and noise be >= 0")
+        if not 0.0 <= self.saturation <= 1.0 or not 0.0 <= self.channel_shuffle <= 1.0:
+            raise ValueError("saturation and channel_shuffle must lie in [0, 1]")
 
 
 def _crop_box(
@@ -70,6 +81,10 @@ def _crop_box(
     top = int(rng.integers(0, height - h + 1))
     left = int(rng.integers(0, width - w + 1))
     return top, left, h, w
+
+
+# Luma weights of ITU-R BT.601, the grey level saturation is changed about.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -119,5 +134,12 @@ def augment_clips(clips: torch.Tensor, aug: Augment, rng: np.random.Generator) -
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         pattern = torch.randn((1, c, height, width), generator=generator)
         images = images + std * pattern
+    # Colour last, so the draws above are those they were before it existed.
+    if aug.saturation and c == len(_LUMA):
+        grey = (images * torch.tensor(_LUMA).view(1, c, 1, 1)).sum(dim=1, keepdim=True)
+        factor = rng.uniform(1.0 - aug.saturation, 1.0 + aug.saturation)
+        images = grey + (images - grey) * factor
+    if aug.channel_shuffle and rng.random() < aug.channel_shuffle:
+        images = images[:, torch.from_numpy(rng.permutation(c))]
     images = images.clamp_(0.0, 1.0)
     return images.reshape(n, length, c, height, width).permute(0, 2, 1, 3, 4).contiguous()
