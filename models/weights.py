@@ -75,7 +75,8 @@ def read_torch_file(path: str | os.PathLike[str], *, allow: Iterable[Any] = ()) 
         names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
     unsafe = [n for n in names if n not in allowed]
     if not unsafe:
-        reason = (str(error).strip().splitlines() or ["unreadable"])[-1]
+        lines = [line for line in str(error).splitlines() if line.strip()] or ["unreadable"]
+        reason = next((x for x in lines if "got <" in x or "invalid load" in x), lines[-1])
         raise ValueError(f"{path} is not a PyTorch file that can be read safely: {reason}")
     raise UnsafeWeightsFile(
         f"{path} holds Python objects besides tensors and plain data ({', '.join(unsafe)}); "
