@@ -43,7 +43,7 @@ model = dict(
         depth={depth},
         norm_eval=False,
         num_segments={segments},
-        pretrained='torchvision://resnet50',
+        pretrained='torchvision://resnet50',{backbone_extra}
         shift_div=8,
         type='{backbone}'),
     cls_head=dict(
@@ -77,9 +77,20 @@ work_dir = './work_dirs/tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-
 
 
 def config_text(
-    *, depth: int = 50, segments: int = 8, classes: int = 5, backbone: str = "ResNetTSM"
+    *,
+    depth: int = 50,
+    segments: int = 8,
+    classes: int = 5,
+    backbone: str = "ResNetTSM",
+    backbone_extra: str = "",
 ) -> str:
-    return CONFIG.format(depth=depth, segments=segments, classes=classes, backbone=backbone)
+    return CONFIG.format(
+        depth=depth,
+        segments=segments,
+        classes=classes,
+        backbone=backbone,
+        backbone_extra=f"\n        {backbone_extra}," if backbone_extra else "",
+    )
 
 
 def _mm_names(conv: str, bn: str, shift: bool) -> tuple[str, str]:
@@ -213,6 +224,30 @@ def test_a_checkpoint_without_config_converts_on_tsm_defaults(tmp_path: Path) ->
     assert other.spec.segments == 4  # nothing recorded to contradict it
 
 
+def test_resnet18_tsm_with_stored_normalisation_converts(tmp_path: Path) -> None:
+    """A ResNet-18 TSM becomes a ``full_video`` (ResNet-18) bundle; normalisation kept as
+    buffers in the state dict (unpublished checkpoints) wins; all-zero non-local flags are
+    no non-local blocks."""
+    state = mmaction2_tsm(18, 3, seed=2)
+    state["data_preprocessor.mean"] = torch.tensor([100.0, 110.0, 120.0]).view(3, 1, 1)
+    state["data_preprocessor.std"] = torch.tensor([50.0, 51.0, 60.0]).view(3, 1, 1)
+    cfg = config_text(
+        depth=18, classes=3, backbone_extra="non_local=((0, 0), (0, 0), (0, 0), (0, 0))"
+    )
+    ckpt = save_checkpoint(tmp_path / "r18.pth", state, cfg)
+    bundle = convert_mmaction2(ckpt, labels_file(tmp_path / "l.txt", 3), tmp_path, "r18")
+    assert bundle.model_name == "full_video"
+    assert bundle.spec.mean == pytest.approx((100 / 255, 110 / 255, 120 / 255))
+    assert bundle.spec.std == pytest.approx((50 / 255, 51 / 255, 60 / 255))
+    weights = load_file(str(bundle.file(WEIGHTS)))
+    assert torch.equal(
+        weights["layer4.1.conv2.weight"], state["backbone.layer4.1.conv2.conv.weight"]
+    )
+    assert torch.equal(
+        weights["layer1.1.conv1.weight"], state["backbone.layer1.1.conv1.conv.net.weight"]
+    )
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
@@ -233,6 +268,12 @@ REFUSALS: list[tuple[str, Any, dict[str, Any] | None, int, dict[str, Any], str]]
     ("TSN weights", lambda: mmaction2_tsm(50, 5, shift=False, keys_only=True), {}, 5, {},
      "no temporal shift .*a TSN ResNet, not TSM"),
     ("TSN config", _keys, {"backbone": "ResNet"}, 5, {}, "backbone.type='ResNet'"),
+    ("MobileNetV2", lambda: {"backbone.conv1.conv.weight": torch.zeros(1)},
+     {"backbone": "MobileNetV2TSM"}, 5, {}, "backbone.type='MobileNetV2TSM'"),
+    ("non-local", _keys, {"backbone_extra": "non_local=((0, 0, 0), (1, 0, 1, 0), (0, 0), (0,))"},
+     5, {}, "non-local blocks"),
+    ("temporal pool", _keys, {"backbone_extra": "temporal_pool=True"}, 5, {},
+     "backbone.temporal_pool=True"),
     ("depth", _keys, {"depth": 101}, 5, {}, r"backbone.depth \(the weights say\)=101"),
     ("segments", _keys, {"segments": 16}, 5, {"num_clusters": 8},
      "trained on 16 segments; --num-clusters 8"),

@@ -280,6 +280,13 @@ def _rgb(values: Any, what: str, path: Path) -> tuple[float, float, float]:
     return float(values[0]), float(values[1]), float(values[2])
 
 
+def _any_set(flags: Any) -> bool:
+    """Whether a (nested) sequence of flags such as ResNetTSM's ``non_local`` sets any."""
+    if isinstance(flags, (list, tuple)):
+        return any(_any_set(f) for f in flags)
+    return bool(flags)
+
+
 def _refuse_unless(value: Any, expected: Any, what: str, path: Path) -> None:
     if value is not None and value != expected:
         raise ConversionError(
@@ -301,15 +308,28 @@ def read_tsm_checkpoint(path: str | Path) -> TSMCheckpoint:
     except UnsafeWeightsFile as err:
         raise ConversionError(
             f"{err}. The converter needs only the weights: publish the checkpoint first "
-            "(MMAction2's tools/misc/publish_model.py drops the training state), or keep just "
-            "its 'state_dict' and 'meta' in a trusted environment"
+            "(MMAction2's tools/deployment/publish_model.py drops the training state), or keep "
+            "just its 'state_dict' and 'meta' in a trusted environment"
         ) from None
     except (OSError, ValueError) as err:
         raise ConversionError(str(err)) from None
     state, meta = _plain_state(checkpoint, path)
-    depth, num_classes = _architecture(state, path)
+    # Unpublished checkpoints of some mmengine versions keep the normalisation as buffers.
+    stored = {k: state.pop(f"data_preprocessor.{k}", None) for k in ("mean", "std")}
     text = meta.get("cfg", meta.get("config"))
     config = parse_config_text(text) if isinstance(text, str) else {}
+    model = config.get("model") or {}
+    backbone = model.get("backbone") or {}
+    head = model.get("cls_head") or {}
+    # The architecture first: its type names say more than the weights' keys would.
+    _refuse_unless(model.get("type"), "Recognizer2D", "model.type", path)
+    _refuse_unless(backbone.get("type"), "ResNetTSM", "backbone.type", path)
+    _refuse_unless(head.get("type"), "TSMHead", "cls_head.type", path)
+    depth, num_classes = _architecture(state, path)
+    preprocessor = dict(model.get("data_preprocessor") or config.get("data_preprocessor") or {})
+    for key, values in stored.items():
+        if values is not None:
+            preprocessor[key] = values.flatten().tolist()
     plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in meta.items()}
     scalars = {
         k: v
@@ -323,28 +343,24 @@ def read_tsm_checkpoint(path: str | Path) -> TSMCheckpoint:
             depth=depth,
             num_classes=num_classes,
             segments=None,
+            mean=_rgb(preprocessor.get("mean", MMACTION2_MEAN), "mean", path),
+            std=_rgb(preprocessor.get("std", MMACTION2_STD), "std", path),
             meta=scalars,
             assumed=[
                 f"segments {_SEGMENTS}",
                 f"shift 1/{_SHIFT_DIV}",
-                "MMAction2's ImageNet mean/std",
+                *([] if stored["mean"] is not None else ["MMAction2's ImageNet mean/std"]),
                 f"shorter side {_SHORT_SIDE}, centre crop {_CROP}",
             ],
         )
 
-    model = config.get("model") or {}
-    backbone = model.get("backbone") or {}
-    head = model.get("cls_head") or {}
-    _refuse_unless(model.get("type"), "Recognizer2D", "model.type", path)
-    _refuse_unless(backbone.get("type"), "ResNetTSM", "backbone.type", path)
     _refuse_unless(backbone.get("depth"), depth, "backbone.depth (the weights say)", path)
     _refuse_unless(backbone.get("shift_place"), "blockres", "backbone.shift_place", path)
     _refuse_unless(backbone.get("is_shift"), True, "backbone.is_shift", path)
     _refuse_unless(backbone.get("temporal_pool"), False, "backbone.temporal_pool", path)
-    _refuse_unless(head.get("type"), "TSMHead", "cls_head.type", path)
     _refuse_unless(head.get("temporal_pool"), False, "cls_head.temporal_pool", path)
     _refuse_unless(head.get("num_classes"), num_classes, "cls_head.num_classes", path)
-    if any(backbone.get("non_local") or ()):
+    if _any_set(backbone.get("non_local")):
         raise ConversionError(f"{path}: non-local blocks; full_video has none")
     segments = backbone.get("num_segments", _SEGMENTS)
     if head.get("num_segments", segments) != segments:
@@ -352,7 +368,6 @@ def read_tsm_checkpoint(path: str | Path) -> TSMCheckpoint:
             f"{path}: its backbone runs on {segments} segments but its head averages "
             f"{head.get('num_segments')}"
         )
-    preprocessor = model.get("data_preprocessor") or config.get("data_preprocessor") or {}
     short, crop = _pipeline_sizes(config)
     assumed = [] if short and crop else [f"shorter side {_SHORT_SIDE}, centre crop {_CROP}"]
     return TSMCheckpoint(
