@@ -471,6 +471,8 @@ class AttentionLSTM(nn.Module):
         dropout: Dropout before the classifiers and between LSTM layers.
         vgg_weights: Local VGG16 state dict (torchvision key layout, ``.safetensors`` or a
             PyTorch file) to start the pre-conv net from; ``None`` trains it from scratch.
+            Training loads it after building instead (``--pretrained``,
+            :meth:`VGG16Features.load_torchvision_state_dict`).
         frozen: Keep the pre-conv net fixed (no gradients, always in eval mode).
         vgg_batch_norm: BatchNorm after every VGG conv (torchvision's ``vgg16_bn`` layout for
             ``vgg_weights``); the tiny variant uses it to train from scratch.
