@@ -2,9 +2,11 @@
 
 ``python -m service.quickstart`` serves the bundles shipped in ``demo/bundles`` (how they were
 made: ``demo/train_bundles.sh``) and prints ready-to-paste ``curl`` lines once ``/readyz`` is
-200. With ``--train`` it takes the long way instead: generate Move4Digits, train the demo
-bundle of each family and export it to ONNX, each only when missing, then serve ``store/``.
-Every step is the ordinary command a person would type.
+200. With ``--train`` it takes the long way instead, the recipe of the shipped bundles: generate
+Move4Digits in its classic and its varied look, train each family's demo preset on the classic
+look, fine-tune that bundle on the varied look (``--init-from``), export it to ONNX (each step
+only when its result is missing), then serve ``store/``. Every step is the ordinary command a
+person would type.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from pathlib import Path
 
 from models.bundle import is_bundle
 
-__all__ = ["DEMO_BUNDLES", "DEMO_VIDEOS", "FAMILIES", "bundle_name", "main", "prepare", "shipped"]
+__all__ = [
+    "DEMO_BUNDLES",
+    "DEMO_VIDEOS",
+    "FAMILIES",
+    "FINE_TUNE_ARGS",
+    "bundle_name",
+    "main",
+    "prepare",
+    "shipped",
+]
 
 log = logging.getLogger("service.quickstart")
 
@@ -35,23 +46,45 @@ DEMO_BUNDLES = DEMO / "bundles"
 DEMO_VIDEOS = DEMO / "videos"
 
 
+# The second stage of the demo recipe: flags added to the family's demo preset when the
+# classic-look bundle is fine-tuned on the varied look (demo/train_bundles.sh runs the same).
+FINE_TUNE_ARGS: dict[str, tuple[str, ...]] = {
+    "c3d_vll": (),
+    "attention_lstm": (),
+    "ms3d": ("--tailor", "true", "--epochs", "60"),
+    "full_video": (),
+}
+
+
 def bundle_name(family: str, data: Path) -> str:
     """``<family>-<dataset folder>``, e.g. ``c3d_vll-move4digits``."""
     return f"{family}-{data.name}"
 
 
-def _ensure_data(data: Path, per_class: int) -> None:
+def varied_data(data: Path) -> Path:
+    """Where the varied-look copy of the demo dataset ``data`` goes: ``<data>-varied``."""
+    return data.with_name(f"{data.name}-varied")
+
+
+def classic_store(store: Path) -> Path:
+    """Where the first-stage (classic-look) bundles of ``store`` go: ``<store>-classic``."""
+    return store.with_name(f"{store.name}-classic")
+
+
+def _ensure_data(data: Path, per_class: int, style: str = "classic") -> None:
     if (data / "classInd.txt").is_file():
         log.info("dataset %s is there", data)
         return
     from training.synth import generate
 
-    log.info("generating Move4Digits (%d videos per class) into %s", per_class, data)
-    generate(data, classes="4", per_class=per_class, seed=0)
+    log.info("generating Move4Digits (%d videos per class, %s) into %s", per_class, style, data)
+    generate(data, classes="4", per_class=per_class, seed=0, style=style)
 
 
-def _ensure_bundle(family: str, data: Path, store: Path, train_args: Sequence[str]) -> Path:
-    bundle = store / bundle_name(family, data)
+def _ensure_bundle(
+    family: str, data: Path, store: Path, train_args: Sequence[str], name: str
+) -> Path:
+    bundle = store / name
     if is_bundle(bundle):
         log.info("bundle %s is there", bundle)
         return bundle
@@ -108,10 +141,24 @@ def prepare(
     per_class: int = 60,
     train_args: Sequence[str] = (),
 ) -> list[Path]:
-    """Data, bundles and ONNX files, each made only when missing; returns the bundle paths."""
+    """Data, bundles and ONNX files, each made only when missing; returns the bundle paths.
+
+    ``data`` is the classic-look dataset; its varied copy is :func:`varied_data`'s, the
+    first-stage bundles go to :func:`classic_store`'s and the final ones to ``store``.
+    """
+    varied = varied_data(data)
     _ensure_data(data, per_class)
+    _ensure_data(varied, per_class, style="varied")
     store.mkdir(parents=True, exist_ok=True)
-    bundles = [_ensure_bundle(f, data, store, train_args) for f in families]
+    first = classic_store(store)
+    bundles = []
+    for family in families:
+        name = bundle_name(family, data)
+        if not is_bundle(store / name):
+            start = _ensure_bundle(family, data, first, train_args, name)
+            tune = [*FINE_TUNE_ARGS[family], *train_args, "--init-from", str(start)]
+            _ensure_bundle(family, varied, store, tune, name)
+        bundles.append(store / name)
     for bundle in bundles:
         _ensure_onnx(bundle)
     return bundles

@@ -872,10 +872,17 @@ def test_quickstart_prepares_once_then_only_serves(
         "--limit-test",
         "2",
     ]
-    (bundle,) = quickstart.prepare(dataset, store, families=["c3d_vll"], train_args=train)
+    (bundle,) = quickstart.prepare(
+        dataset, store, families=["c3d_vll"], per_class=4, train_args=train
+    )
     assert bundle == store / "c3d_vll-move4digits"
     loaded = load_bundle(bundle)
     assert loaded.family == "c3d_vll" and loaded.has("model.onnx")
+    # the two stages of the demo recipe: classic look first, then fine-tuned on the varied look
+    first = tmp_path / "store-classic" / "c3d_vll-move4digits"
+    assert load_bundle(first).manifest["config"]["data"] == str(dataset)
+    assert loaded.manifest["config"]["data"] == str(quickstart.varied_data(dataset))
+    assert Path(loaded.manifest["training"]["init_from"]["bundle"]) == first
     stamp = (bundle / "weights.safetensors").stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
