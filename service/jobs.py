@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from torch import Tensor
@@ -29,6 +29,7 @@ from service.store import LoadedModel, Outcome
 from video.decode import DecodeLimits, VideoMeta
 
 __all__ = [
+    "CallingStages",
     "EmbedTask",
     "RecognitionResult",
     "RecognitionTask",
@@ -139,13 +140,18 @@ class _Network:
         return call
 
     def stages(self, stages: WholeVideoStages | None) -> WholeVideoStages | None:
-        return None if stages is None else _QueuedStages(stages, self)
+        return None if stages is None else CallingStages(stages, self)
 
 
-class _QueuedStages:
-    """:class:`WholeVideoStages` whose two calls run as :class:`_Network` calls."""
+class _Calls(Protocol):
+    def call(self, fn: Callable[..., T], *args: Any) -> T: ...
 
-    def __init__(self, stages: WholeVideoStages, network: _Network) -> None:
+
+class CallingStages:
+    """:class:`WholeVideoStages` whose two calls go through ``network.call`` (a
+    :class:`_Network` here; ``service.batch``'s own network account)."""
+
+    def __init__(self, stages: WholeVideoStages, network: _Calls) -> None:
         self._stages = stages
         self._network = network
         self.context = stages.context

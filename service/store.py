@@ -475,7 +475,7 @@ class ModelStore:
         for path in self.bundle_dirs():
             started = time.perf_counter()
             try:
-                model = self._load_one(path)
+                model = self.load_one(path)
                 if s.warmup:
                     _warm_up(model)
             except (
@@ -503,7 +503,14 @@ class ModelStore:
         if not ready:
             log.error("service not ready: %s", why)
 
-    def _load_one(self, path: Path) -> LoadedModel:
+    def load_one(self, path: Path) -> LoadedModel:
+        """The bundle at ``path`` loaded as :meth:`load_all` loads each (not warmed up, not
+        added to :attr:`models`); ``service.batch`` loads its one model so.
+
+        Raises:
+            models.bundle.BundleError, models.repository.RepositoryError,
+            service.backends.BackendUnavailable: The bundle cannot be served here.
+        """
         s = self.settings
         bundle = load_bundle(path)
         preference = s.model_backends.get(bundle.name, s.backend)

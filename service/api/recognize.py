@@ -23,7 +23,7 @@ from service.schemas import RecognizeResponse, Scored, TimelineSegment, Timing
 from service.store import LoadedModel, detail_of
 from service.uploads import Form, multipart_body
 
-__all__ = ["NDJSON", "router"]
+__all__ = ["NDJSON", "build_answer", "router"]
 
 router = APIRouter(tags=["recognition"])
 
@@ -107,7 +107,7 @@ async def recognize(request: Request, state: ReadyState) -> Response | Recognize
             )
 
             def result_line(result: RecognitionResult) -> dict[str, Any]:
-                answer = _answer(model, result, started, timeline=True)
+                answer = build_answer(model, result, started, timeline=True)
                 return {"result": answer.model_dump(mode="json", exclude_unset=True)}
 
             lines = await work.stream(
@@ -125,7 +125,7 @@ async def recognize(request: Request, state: ReadyState) -> Response | Recognize
             )
         task = RecognitionTask(path, timeline, window_s, cancelled=work.cancelled)
         result = await work.run(recognize_job, model, task)
-    return _answer(model, result, started, timeline=timeline)
+    return build_answer(model, result, started, timeline=timeline)
 
 
 def wants_ndjson(accept: str) -> bool:
@@ -156,9 +156,11 @@ def _segment_line(segment: TimelineSegment) -> dict[str, Any]:
     return {"segment": segment.model_dump(mode="json")}
 
 
-def _answer(
+def build_answer(
     model: LoadedModel, result: RecognitionResult, started: float, *, timeline: bool
 ) -> RecognizeResponse:
+    """The ``/recognize`` answer for ``result`` (``timing_ms.total`` counted from
+    ``started``, a ``time.perf_counter()`` value); ``service.batch`` writes the same."""
     outcome = result.outcome
     answer = RecognizeResponse(
         model=model.name,

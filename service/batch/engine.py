@@ -1,0 +1,339 @@
+"""Many videos through one loaded model: decoding overlapped with inference, and inference
+batched across videos.
+
+Each video is recognised exactly as ``POST /recognize`` recognises an upload:
+:meth:`service.store.LoadedModel.recognize` (the streaming core) under the service's decode
+caps (:func:`service.jobs.decode_limits`), answered by :func:`service.api.recognize.build_answer`
+and, on failure, with the service's error code (:func:`service.errors.error_of`). What differs
+is the plumbing: ``workers`` threads each recognise one video (each with the core's own
+decode-ahead thread), and their network calls go through one :class:`_Merger`, which runs one
+call at a time on the inputs of every video waiting for it, concatenated. A video is decoded
+while another one's clips are in the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import torch
+from torch import Tensor
+
+from models.bundle import ONNX_FILE
+from models.pipeline import Forward
+from models.stream import Cancelled, WholeVideoStages
+from service.api.recognize import DEFAULT_WINDOW_S, build_answer
+from service.batch.live import LiveSource, SourceUnavailable, StreamBroken
+from service.errors import error_of
+from service.jobs import CallingStages, RecognitionResult, decode_limits
+from service.schemas import TimelineSegment
+from service.settings import Settings
+from service.store import LoadedModel, Outcome
+from video.decode import DecodeLimits
+
+__all__ = ["Options", "Record", "Recognizer", "error_record"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# One output line as a JSON object.
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run recognises its videos.
+
+    Attributes:
+        timeline: Add each video's timeline to its answer (as ``timeline=true`` does).
+        window_s: Seconds per timeline window (ms3d, full_video).
+        workers: Videos recognised at once (decoding threads).
+        merge_rows: Most network inputs (clips) in one merged call; a TensorRT engine's
+            profile caps it further.
+    """
+
+    timeline: bool = False
+    window_s: float = DEFAULT_WINDOW_S
+    workers: int = 2
+    merge_rows: int = 64
+
+
+def error_record(key: str, err: BaseException) -> Record:
+    """The line of a video that could not be recognised: the service's code where the service
+    has one (``error_of``), ``not_found``/``unreadable`` for a file that cannot be read, the
+    live source's own (``source_unavailable``, ``stream_broken``), else ``internal``."""
+    known = error_of(err)
+    if known is not None:
+        _, code, message = known
+    elif isinstance(err, FileNotFoundError):
+        code, message = "not_found", f"no such file: {err.filename or key}"
+    elif isinstance(err, OSError):
+        code, message = "unreadable", f"{err.strerror or err}: {err.filename or key}"
+    elif isinstance(err, SourceUnavailable | StreamBroken):
+        code, message = err.code, str(err)
+    else:
+        log.error("%s: unexpected error", key, exc_info=err)
+        code, message = "internal", f"{type(err).__name__}: {err}"
+    return {"path": key, "error": {"code": code, "message": " ".join(message.split())}}
+
+
+@dataclass
+class _Request:
+    inputs: Tensor
+    output: Tensor | None = None
+    error: BaseException | None = None
+    seconds: float = 0.0  # this request's share of its call's time
+
+
+class _Merger:
+    """One network call at a time, on the inputs of every caller waiting: a caller's inputs
+    join the next call with those of the other videos that arrived while the current one ran
+    (same input shape, at most ``max_rows`` rows), and each caller gets its own rows back.
+
+    No thread of its own: the first waiting caller to get the network runs the call for all
+    (leader/follower). A merged call that fails is retried per caller, so one video's bad
+    input fails that video alone.
+    """
+
+    def __init__(self, forward: Forward, max_rows: int) -> None:
+        self._forward = forward
+        self._max_rows = max(1, max_rows)
+        self._waiting: list[_Request] = []
+        self._lock = threading.Lock()  # guards _waiting
+        self._network = threading.Lock()  # held for each network call
+
+    def run(self, inputs: Tensor) -> tuple[Tensor, float]:
+        """``forward(inputs)`` and this call's share of the network time, in seconds."""
+        request = _Request(inputs)
+        with self._lock:
+            self._waiting.append(request)
+        with self._network:
+            if request.output is None and request.error is None:
+                self._call(self._take(request))
+        if request.error is not None:
+            raise request.error
+        assert request.output is not None
+        return request.output, request.seconds
+
+    def alone(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """``fn(*args)`` as a network call of its own (full_video's stages), and its time."""
+        with self._network:
+            started = time.perf_counter()
+            out = fn(*args)
+            return out, time.perf_counter() - started
+
+    def _take(self, first: _Request) -> list[_Request]:
+        with self._lock:
+            group, rows = [first], len(first.inputs)
+            shape = first.inputs.shape[1:]
+            self._waiting.remove(first)
+            for other in list(self._waiting):
+                if other.inputs.shape[1:] == shape and rows + len(other.inputs) <= self._max_rows:
+                    group.append(other)
+                    rows += len(other.inputs)
+                    self._waiting.remove(other)
+        return group
+
+    def _call(self, group: list[_Request]) -> None:
+        started = time.perf_counter()
+        try:
+            inputs = group[0].inputs if len(group) == 1 else torch.cat([r.inputs for r in group])
+            outputs = self._forward(inputs)
+        except Exception as err:
+            if len(group) == 1:
+                group[0].error = err
+                return
+            for request in group:
+                self._call([request])
+            return
+        seconds = time.perf_counter() - started
+        total, offset = len(inputs), 0
+        for request in group:
+            n = len(request.inputs)
+            request.output = outputs[offset : offset + n] if len(group) > 1 else outputs
+            request.seconds = seconds * n / max(1, total)
+            offset += n
+
+
+class _Account:
+    """One video's network calls through the merger, timed as the service times a request:
+    ``infer_s`` in network calls (its share of each merged call), ``blocked_s`` waiting for
+    them (the rest of the wall time is decoding, sampling and aggregation)."""
+
+    def __init__(self, merger: _Merger) -> None:
+        self.merger = merger
+        self.infer_s = 0.0
+        self.blocked_s = 0.0
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self._timed(self.merger.run, inputs)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._timed(self.merger.alone, fn, *args)
+
+    def _timed(self, run: Callable[..., tuple[T, float]], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            out, seconds = run(*args)
+        finally:
+            self.blocked_s += time.perf_counter() - started
+        self.infer_s += seconds
+        return out
+
+    def stages(self, stages: WholeVideoStages | None) -> WholeVideoStages | None:
+        return None if stages is None else CallingStages(stages, self)
+
+
+def _merge_cap(model: LoadedModel, wanted: int) -> int:
+    """``wanted``, within what the backend takes: a TensorRT engine's profile bounds the batch
+    (the ``clips`` range the manifest records for ``model.onnx``)."""
+    if model.backend.name != "tensorrt":
+        return wanted
+    try:
+        clips = model.bundle.file_info(ONNX_FILE)["dims"]["clips"]["max"]
+    except (KeyError, TypeError):
+        return min(wanted, model.batch_size)
+    return min(wanted, int(clips))
+
+
+class Recognizer:
+    """Recognises videos with one loaded model, as the service would, many at a time.
+
+    Args:
+        model: The loaded model (:meth:`service.store.ModelStore.load_one`).
+        settings: The service settings it was loaded with (decode caps, decoder threads).
+        options: What to answer and how many videos at once.
+    """
+
+    def __init__(self, model: LoadedModel, settings: Settings, options: Options) -> None:
+        self.model = model
+        self.settings = settings
+        self.options = options
+        self._merger = _Merger(model.backend.forward, _merge_cap(model, options.merge_rows))
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Stop: recognitions in progress end with :class:`models.stream.Cancelled`."""
+        self._stop.set()
+
+    def recognise(self, key: str, path: str | os.PathLike[str]) -> Record:
+        """The line of one video file: its answer, or its error.
+
+        Raises:
+            models.stream.Cancelled: :meth:`stop` was called meanwhile.
+        """
+        started = time.perf_counter()
+        account = _Account(self._merger)
+        try:
+            outcome = self._recognize(path, account, timeline=self.options.timeline)
+        except Cancelled:
+            raise
+        except Exception as err:
+            return error_record(key, err)
+        return self._answer(key, outcome, account, started, timeline=self.options.timeline)
+
+    def recognise_all(self, videos: Iterable[tuple[str, str]]) -> Generator[Record, None, None]:
+        """The lines of ``(key, path)`` videos, in the order they finish; ``workers`` run at
+        once and at most twice as many are queued (``videos`` is read lazily). Closing the
+        iterator early stops the recognitions in progress."""
+        todo = iter(videos)
+        workers = max(1, self.options.workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="actrec-batch") as pool:
+            running: set[Future[Record]] = set()
+
+            def refill() -> None:
+                while len(running) < 2 * workers and not self._stop.is_set():
+                    item = next(todo, None)
+                    if item is None:
+                        return
+                    running.add(pool.submit(self.recognise, *item))
+
+            try:
+                refill()
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        running.discard(future)
+                        try:
+                            record = future.result()
+                        except Cancelled:
+                            continue
+                        yield record
+                    refill()
+            except BaseException:
+                self.stop()
+                raise
+
+    def recognise_live(self, source: LiveSource, on_segment: Callable[[Record], None]) -> Record:
+        """The final line of a live source, after ``on_segment`` got each timeline segment's
+        line as soon as it was known: the whole stream's answer at a clean end, or the error
+        that ended it.
+
+        Raises:
+            models.stream.Cancelled: :meth:`stop` was called meanwhile.
+        """
+        started = time.perf_counter()
+        account = _Account(self._merger)
+
+        def segment(answer: TimelineSegment) -> None:
+            on_segment({"path": source.name, "segment": json.loads(answer.model_dump_json())})
+
+        # The caps of a file, less the size and duration caps: a stream has neither.
+        limits = dataclasses.replace(
+            decode_limits(self.settings, self.model), max_bytes=None, max_duration_s=None
+        )
+        try:
+            # models.stream is typed for paths; it hands the source to video.decode, which
+            # reads a file object (see service.batch.live.LiveSource).
+            outcome = self._recognize(
+                cast("os.PathLike[str]", source), account, limits=limits, on_segment=segment
+            )
+        except Cancelled:
+            raise
+        except Exception as err:
+            return error_record(source.name, source.failure or err)
+        if source.failure is not None:
+            return error_record(source.name, source.failure)
+        return self._answer(source.name, outcome, account, started, timeline=False)
+
+    def _recognize(
+        self,
+        path: str | os.PathLike[str],
+        account: _Account,
+        *,
+        timeline: bool = False,
+        limits: DecodeLimits | None = None,
+        on_segment: Callable[[TimelineSegment], None] | None = None,
+    ) -> Outcome:
+        return self.model.recognize(
+            path,
+            forward=account.forward,
+            stages=account.stages(self.model.backend.stages),
+            limits=limits or decode_limits(self.settings, self.model),
+            threads=self.settings.decode_threads,
+            timeline=timeline,
+            window_s=self.options.window_s,
+            on_segment=on_segment,
+            cancelled=self._stop.is_set,
+        )
+
+    def _answer(
+        self, key: str, outcome: Outcome, account: _Account, started: float, *, timeline: bool
+    ) -> Record:
+        assert outcome.meta is not None  # made from a source
+        wall_s = time.perf_counter() - started
+        result = RecognitionResult(
+            outcome, outcome.meta, (wall_s - account.blocked_s) * 1e3, account.infer_s * 1e3
+        )
+        answer = build_answer(self.model, result, started, timeline=timeline)
+        # The JSON the service sends (pydantic's serialisation), with the path first.
+        return {"path": key, **json.loads(answer.model_dump_json(exclude_unset=True))}
