@@ -145,7 +145,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     metrics = Metrics()
-    queue = WorkQueue(settings.queue_size, settings.decode_workers, settings.inference_workers)
+    queue = WorkQueue(
+        settings.queue_size,
+        settings.decode_workers,
+        settings.inference_workers,
+        batch_rows=settings.max_batch_inputs,
+        batch_delay_s=settings.max_batch_delay_ms / 1e3,
+    )
     metrics.watch_queue(lambda: queue.depth, settings.queue_size)
     state = ServiceState(
         settings=settings,

@@ -3,15 +3,17 @@
 A recognition streams the uploaded file through :func:`models.stream.recognize_video` (one
 chunk of frames at a time, at the bundle's decode size, under the service's caps) while
 holding a decode slot; each network call runs on an inference thread, the decode slot given
-back while it waits (see :class:`_Network`). The uploaded temp file is removed in ``finally``
-whatever happens (the route removes it again on its way out).
+back while it waits (see :class:`_Network`), joined with other recognitions' calls of the same
+model into one forward when batching across requests is on (:mod:`service.batching`). The
+uploaded temp file is removed in ``finally`` whatever happens (the route removes it again on
+its way out).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from models.pipeline import Forward
 from models.stream import WholeVideoStages
+from service.batching import BatchObserver, ForwardBatcher
 from service.metrics import Metrics
 from service.queue import WorkQueue
 from service.schemas import TimelineSegment
@@ -115,18 +118,32 @@ class _Network:
         self._mark = time.perf_counter()
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._waited(self.queue.infer, _timed, fn, *args)
+
+    def _waited(self, run: Callable[..., tuple[T, float]], *args: Any) -> T:
+        """``run(*args)`` (giving ``(result, seconds of inference)``) with the decode slot
+        given back meanwhile, and the accounts kept."""
         self.decode_s += time.perf_counter() - self._mark
         if self.waiting is not None:
             self.waiting(True)
         try:
             with self.queue.decode_paused():
-                result, seconds = self.queue.infer(_timed, fn, *args)
+                result, seconds = run(*args)
             self.infer_s += seconds
             return result
         finally:
             if self.waiting is not None:
                 self.waiting(False)
             self._mark = time.perf_counter()
+
+    def batched(self, batcher: ForwardBatcher) -> Forward:
+        """A forward through ``batcher`` (joined with other jobs' calls); its whole wait counts
+        as inference, as a call waiting for an inference thread's does."""
+
+        def call(inputs: Tensor) -> Tensor:
+            return self._waited(_timed, batcher, inputs)
+
+        return call
 
     def finish(self) -> None:
         """Close the decode-time account (at the end of the work)."""
@@ -194,6 +211,16 @@ def _decoding(
             path.unlink(missing_ok=True)
 
 
+def _batch_observer(metrics: Metrics, name: str) -> BatchObserver:
+    def observe(requests: int, inputs: int, waits: list[float]) -> None:
+        metrics.batch_requests.labels(name).observe(requests)
+        metrics.batch_inputs.labels(name).observe(inputs)
+        for wait in waits:
+            metrics.batch_wait_seconds.labels(name).observe(wait)
+
+    return observe
+
+
 def recognize_job(
     model: LoadedModel,
     task: RecognitionTask | Path,
@@ -204,10 +231,18 @@ def recognize_job(
     """Recognise the uploaded video (a task, or just its path) with ``model``."""
     if not isinstance(task, RecognitionTask):
         task = RecognitionTask(Path(task))
-    with _decoding(model, queue, metrics, [task.path], task.waiting) as network:
+    batcher = queue.batcher(
+        model.name, model.backend, model.backend.forward, _batch_observer(metrics, model.name)
+    )
+    with (
+        _decoding(model, queue, metrics, [task.path], task.waiting) as network,
+        batcher.session() if batcher is not None else nullcontext(),
+    ):
         outcome = model.recognize(
             task.path,
-            forward=network.forward(model.backend.forward),
+            forward=network.batched(batcher)
+            if batcher is not None
+            else network.forward(model.backend.forward),
             stages=network.stages(model.backend.stages),
             limits=decode_limits(settings, model),
             threads=settings.decode_threads,

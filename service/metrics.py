@@ -51,6 +51,27 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.batch_requests = Histogram(
+            "actrec_batch_requests",
+            "Requests joined in one network forward (batching across requests)",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+            registry=r,
+        )
+        self.batch_inputs = Histogram(
+            "actrec_batch_inputs",
+            "Network inputs (clips, segments, walks) in one forward",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_wait_seconds = Histogram(
+            "actrec_batch_wait_seconds",
+            "Wait of a network call from its submission to its forward's start",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.queue_depth = Gauge("actrec_queue_depth", "Admitted requests in progress", registry=r)
         self.queue_capacity = Gauge(
             "actrec_queue_capacity", "Most requests admitted at once", registry=r

@@ -2,9 +2,10 @@
 
 At most ``capacity`` requests hold a :class:`Ticket` at once; a job runs on the pool, holding
 one of ``decode_slots`` while it decodes and running each network call on one of
-``infer_slots`` dedicated threads. A ticket is returned when its job finishes (or never
-starts), not when the request gives up (see ``docs/service.md``, "How a request flows, and
-why").
+``infer_slots`` dedicated threads; the network calls of concurrent jobs for one model can be
+joined into one forward (:meth:`WorkQueue.batcher`, :mod:`service.batching`). A ticket is
+returned when its job finishes (or never starts), not when the request gives up (see
+``docs/service.md``, "How a request flows, and why").
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from enum import Enum
 from typing import Any, TypeVar
+
+from torch import Tensor
+
+from service.batching import BatchObserver, ForwardBatcher
 
 __all__ = ["QueueFull", "Ticket", "UploadSlots", "UploadsFull", "WorkQueue"]
 
@@ -49,9 +54,20 @@ class WorkQueue:
         capacity: Requests admitted at once.
         decode_slots: Decodes running at once.
         infer_slots: Inferences running at once.
+        batch_rows: Batching across requests: most network inputs per joined forward.
+        batch_delay_s: Batching across requests: the longest a call waits for others to join
+            it (0: no batching; :meth:`batcher` then gives ``None``).
     """
 
-    def __init__(self, capacity: int, decode_slots: int, infer_slots: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        decode_slots: int,
+        infer_slots: int,
+        *,
+        batch_rows: int = 32,
+        batch_delay_s: float = 0.0,
+    ) -> None:
         if min(capacity, decode_slots, infer_slots) < 1:
             raise ValueError("capacity and slots must be >= 1")
         self.capacity = capacity
@@ -61,6 +77,10 @@ class WorkQueue:
         self._lock = threading.Lock()
         # Tickets out now, and who holds each; a returned ticket is no longer here.
         self._tickets: dict[Ticket, _Holder] = {}
+        self._batch_rows = batch_rows
+        self._batch_delay_s = batch_delay_s
+        # Per model name: the network whose calls the batcher joins, and the batcher.
+        self._batchers: dict[str, tuple[object, ForwardBatcher]] = {}
 
     @property
     def depth(self) -> int:
@@ -135,6 +155,32 @@ class WorkQueue:
     def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on an inference thread and wait for it (call from a job thread)."""
         return self._infer.submit(fn, *args).result()
+
+    def batcher(
+        self,
+        name: str,
+        network: object,
+        forward: Callable[[Tensor], Tensor],
+        observe: BatchObserver | None = None,
+    ) -> ForwardBatcher | None:
+        """The batcher joining the calls of ``forward`` (model ``name``'s network ``network``)
+        from concurrent jobs, run on the inference threads; ``None`` when batching is off. A
+        reloaded model (another ``network``) gets a new one."""
+        if self._batch_delay_s <= 0:
+            return None
+        with self._lock:
+            held = self._batchers.get(name)
+            if held is None or held[0] is not network:
+
+                def run(inputs: Tensor) -> Tensor:
+                    return self.infer(forward, inputs)
+
+                batcher = ForwardBatcher(
+                    run, max_rows=self._batch_rows, max_delay_s=self._batch_delay_s, observe=observe
+                )
+                held = (network, batcher)
+                self._batchers[name] = held
+            return held[1]
 
     def shutdown(self) -> None:
         """Stop taking jobs; queued jobs that have not started are cancelled."""

@@ -166,6 +166,16 @@ class Settings(BaseSettings):
     inference_workers: int = Field(default=1, ge=1, description="inferences run at the same time")
     decode_workers: int = Field(default=2, ge=1, description="videos decoded at the same time")
     decode_threads: int = Field(default=2, ge=1, le=16, description="FFmpeg threads per decode")
+    max_batch_delay_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="batching across requests: the longest a network call waits for the calls "
+        "of other requests to the same model to join its forward (it waits only while some "
+        "are in progress); 0 turns batching off",
+    )
+    max_batch_inputs: int = Field(
+        default=32, ge=1, description="batching across requests: most network inputs per forward"
+    )
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After header value on 503")
     upload_dir: Path | None = Field(
         default=None, description="where uploads are spooled (default: system temp)"
