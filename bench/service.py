@@ -10,7 +10,10 @@ Run ``python bench/service.py`` (not a timed test). It
    ONNX Runtime session with the same threads) with one ``POST /recognize`` at concurrency 1,
    and reports median HTTP latency / median in-process latency (target <= 1.15);
 4. load: requests/s and p50/p99 latency at concurrency 1, 4 and 8;
-5. memory: the server's RSS before and after 300 more requests (target: growth < 50 MB).
+5. memory: the server's RSS before and after 300 more requests (target: growth < 50 MB);
+6. batching across requests: requests/s at concurrency 8 of a second server with batching off
+   (``max_batch_delay_ms`` 0) against the first (batching on, ``--batch-delay-ms``), as a
+   ratio measured in the same run.
 
 Every phase is bounded in requests and seconds. The host may be shared with other jobs:
 figures from a busy machine are noisy, so the script also prints the load average.
@@ -108,7 +111,9 @@ def _percentile(values: list[float], q: float) -> float:
 class Server:
     """``python -m service`` in a subprocess, logging to a file."""
 
-    def __init__(self, store: Path, model: str, threads: int, log: Path) -> None:
+    def __init__(
+        self, store: Path, model: str, threads: int, log: Path, batch_delay_ms: float = 5.0
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
@@ -121,6 +126,7 @@ class Server:
             "ACTREC_LOG_LEVEL": "warning",
             "ACTREC_MAX_DURATION_S": "60",
             "OMP_NUM_THREADS": str(threads),
+            "ACTREC_MAX_BATCH_DELAY_MS": str(batch_delay_ms),
         }
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
@@ -270,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, default=300)
     parser.add_argument("--rss-seconds", type=float, default=240.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--batch-delay-ms", type=float, default=5.0, help="the server's max_batch_delay_ms"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="actrec-bench-") as tmp_name:
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             model = make_bundle(store, args.arch)
         video = write_reference_video(tmp / "reference_10s_320x240.mp4")
         payload = video.read_bytes()
-        server = Server(store, model, args.threads, tmp / "server.log")
+        server = Server(store, model, args.threads, tmp / "server.log", args.batch_delay_ms)
         figures: dict = {
             "model": model,
             "video": "10 s 320x240 25 fps H.264",
@@ -308,9 +317,23 @@ def main(argv: list[str] | None = None) -> int:
                 "after_mb": after,
                 "growth_mb": after - before,
             }
-            figures["loadavg_end"] = os.getloadavg()
         finally:
             server.stop()
+        unbatched = Server(store, model, args.threads, tmp / "server-unbatched.log", 0.0)
+        try:
+            unbatched.wait_ready()
+            off = load_level(unbatched.base, payload, 8, args.requests, args.level_seconds)
+        finally:
+            unbatched.stop()
+        on = figures["load"][-1]
+        figures["batching"] = {
+            "delay_ms": args.batch_delay_ms,
+            "on_req_per_s": on["req_per_s"],
+            "off_req_per_s": off["req_per_s"],
+            "ratio": on["req_per_s"] / off["req_per_s"],
+            "off_p50_ms": off["p50_ms"],
+        }
+        figures["loadavg_end"] = os.getloadavg()
 
     o = figures["overhead"]
     print(
@@ -331,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RSS: {r['before_mb']:.1f} MB before, {r['after_mb']:.1f} MB after {r['requests']} "
         f"requests: growth {r['growth_mb']:+.1f} MB (ready: {figures['rss_ready_mb']:.1f} MB)"
+    )
+    b = figures["batching"]
+    print(
+        f"batching across requests at concurrency 8: {b['on_req_per_s']:.2f} req/s on "
+        f"({b['delay_ms']:g} ms) / {b['off_req_per_s']:.2f} off = {b['ratio']:.2f}x"
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
