@@ -1,26 +1,56 @@
-"""Build a TensorRT 10.x engine from a bundle's ONNX, with the clustering as a plugin.
+"""Build TensorRT engines (10.9 to 11.x) from a bundle's ONNX, with the clustering as a plugin.
 
-``python -m export.trt --bundle DIR [--fp16] [--workspace-gb N] [--max-frames N]`` registers
-the ``TemporalCluster`` plugin (:mod:`export.plugin`), parses ``DIR/model.onnx``, builds one
-optimisation profile from the dimension ranges the manifest records, and writes
-``DIR/model.<gpu-name>.plan`` atomically, recorded in the manifest (GPU, TensorRT version,
-precision, profile). The builder's timing cache is kept beside the bundle. A bundle with
-full_video's two stage graphs (``model.early.onnx``, ``model.late.onnx``; see
-:mod:`export.onnx`) also gets ``model.early.<gpu-name>.plan`` and ``model.late.<gpu-name>.plan``
-(:func:`stage_plan_name`), profiles from their manifest entries (:func:`stage_profiles`).
+``python -m export.trt --bundle DIR [--fp16] [--plugin aot|jit|none] [--workspace-gb N]
+[--max-frames N]`` parses ``DIR/model.onnx`` (``model.fp16.onnx`` with ``--fp16``) into a
+strongly typed network, builds one optimisation profile from the dimension ranges the
+manifest records, and writes ``DIR/model.<gpu-name>.plan`` atomically, recorded in the
+manifest (GPU, TensorRT version, precision, profile, the plugin layers the parser really
+made). A bundle with full_video's two stage graphs (``model.early.onnx``, ``model.late.onnx``;
+see :mod:`export.onnx`) also gets ``model.early.<gpu-name>.plan`` and
+``model.late.<gpu-name>.plan`` (:func:`stage_plan_name`), profiles from their manifest
+entries (:func:`stage_profiles`).
 
-``tensorrt`` is imported lazily; without it the command exits with status 2 and one line
-saying what to install. Precision and profiles: docs/export.md#tensorrt.
+``--plugin`` says how the ``TemporalCluster`` node is built: ``aot`` (default) embeds the
+plugin's ahead-of-time kernel, so the plan loads in any TensorRT runtime; ``jit`` runs the
+plugin's Python implementation (the loading process registers :mod:`export.plugin`);
+``none`` expands the node's ONNX function into standard layers. After parsing, the network
+is checked for the plugin layer: a parser that silently used the function instead is an
+error for ``aot``/``jit``, and what was built is what the manifest records.
+
+The builder's timing cache is kept beside the bundle, one file per GPU, compute capability
+and TensorRT version (:func:`export.trt_compat.timing_cache_name`); a cache the builder
+refuses is replaced, and the cache is written before the plan.
+
+``tensorrt`` is imported lazily; without it (or outside 10.9 .. 11.x, or without a GPU) the
+command exits with status 2 and one line saying what to install. Precision, profiles and the
+plugin: docs/export.md#tensorrt.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+from onnx import helper
+
+from export.trt_compat import (
+    MAX_TENSORRT,
+    MIN_TENSORRT,
+    PLUGIN_MODES,
+    TensorRTUnsupported,
+    import_tensorrt,
+    network_flags,
+    plugin_layers,
+    timing_cache_name,
+)
 from models.bundle import (
     ONNX_EARLY_FILE,
     ONNX_FILE,
@@ -39,32 +69,43 @@ __all__ = [
     "INSTALL_HINT",
     "STAGE_FILES",
     "build_engine",
+    "fp16_name",
+    "prepare_for_parser",
     "profile_shapes",
     "stage_plan_name",
     "stage_profiles",
     "main",
 ]
 
+log = logging.getLogger(__name__)
+
 # full_video's stage graphs, each built into its own plan.
 STAGE_FILES = (ONNX_EARLY_FILE, ONNX_LATE_FILE)
 Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+# The custom node export.onnx writes (export.onnx holds the same names; not imported here so
+# that this module stays light).
+_CLUSTER_DOMAIN = "actrec"
+_CLUSTER_OP = "TemporalCluster"
 
-
+_RANGE = f">={MIN_TENSORRT[0]}.{MIN_TENSORRT[1]},<{MAX_TENSORRT[0]}"
 INSTALL_HINT = (
-    "export.trt needs TensorRT 10.x and an NVIDIA GPU: pip install 'tensorrt>=10,<11' "
+    f"export.trt needs TensorRT {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} to "
+    f"{MAX_TENSORRT[0] - 1}.x and an NVIDIA GPU: pip install 'tensorrt{_RANGE}' "
     "(or pip install -e '.[tensorrt]')"
 )
 
 
 class TensorRTMissing(RuntimeError):
-    """``tensorrt`` is not importable or no CUDA device is present."""
+    """``tensorrt`` is not importable, unsupported, or no CUDA device is present."""
 
 
 def _import_tensorrt() -> Any:
     try:
-        import tensorrt as trt
+        trt = import_tensorrt()
     except ImportError:
         raise TensorRTMissing(INSTALL_HINT) from None
+    except TensorRTUnsupported as err:
+        raise TensorRTMissing(str(err)) from None
     import torch
 
     if not torch.cuda.is_available():
@@ -72,6 +113,15 @@ def _import_tensorrt() -> Any:
             "export.trt needs a CUDA device; none is visible (TensorRT builds per GPU)"
         )
     return trt
+
+
+def fp16_name(onnx_file: str) -> str:
+    """The FP16 graph :mod:`export.onnx` writes beside ``onnx_file``.
+
+    >>> fp16_name("model.early.onnx")
+    'model.early.fp16.onnx'
+    """
+    return onnx_file.removesuffix(".onnx") + ".fp16.onnx"
 
 
 def stage_plan_name(onnx_file: str, gpu_name: str) -> str:
@@ -130,6 +180,32 @@ def profile_shapes(onnx_info: dict[str, Any], *, max_frames: int | None = None) 
     return tuple(out[0]), tuple(out[1]), tuple(out[2])
 
 
+def prepare_for_parser(proto: onnx.ModelProto, plugin: str) -> onnx.ModelProto:
+    """A copy of ``proto`` whose ``TemporalCluster`` nodes ask TensorRT's parser for what
+    ``plugin`` says: ``aot`` adds the integer attribute ``aot=1`` (the parser then takes the
+    plugin's ahead-of-time implementation), ``jit`` drops it, ``none`` also drops
+    ``plugin_namespace`` so that no registered plugin can match and the node's ONNX function
+    is expanded. Other attributes keep their order: TensorRT passes the plugin attributes to
+    ``aot_impl`` in that order. ONNX Runtime runs every variant alike (the function).
+
+    Raises:
+        ValueError: ``plugin`` is not one of :data:`export.trt_compat.PLUGIN_MODES`.
+    """
+    if plugin not in PLUGIN_MODES:
+        raise ValueError(f"plugin must be one of {PLUGIN_MODES}, got {plugin!r}")
+    out = copy.deepcopy(proto)
+    dropped = {"aot"} if plugin != "none" else {"aot", "plugin_namespace"}
+    for node in out.graph.node:
+        if node.domain != _CLUSTER_DOMAIN or node.op_type != _CLUSTER_OP:
+            continue
+        kept = [a for a in node.attribute if a.name not in dropped]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if plugin == "aot":
+            node.attribute.append(helper.make_attribute("aot", 1))
+    return out
+
+
 def _parse(trt: Any, network: Any, logger: Any, path: Path) -> Any:
     """Parse ``path`` into ``network`` (from the file, so external data is found beside it);
     returns the parser, which owns the weights and must live until the build is done."""
@@ -140,10 +216,22 @@ def _parse(trt: Any, network: Any, logger: Any, path: Path) -> Any:
     return parser
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One plan to build: its source graph (as recorded), the file parsed, shapes, output."""
+
+    onnx_file: str
+    parse_path: Path
+    shapes: Shapes
+    plan_file: str
+    custom_ops: list[dict[str, Any]]
+
+
 def build_engine(
     bundle: Bundle | str | os.PathLike,
     *,
     fp16: bool = False,
+    plugin: str = "aot",
     workspace_gb: float = 4.0,
     max_frames: int | None = None,
 ) -> Bundle:
@@ -151,8 +239,11 @@ def build_engine(
     stage graphs when the bundle has them (:func:`stage_profiles`).
 
     Args:
-        bundle: A bundle that already holds ``model.onnx``.
-        fp16: Allow FP16 kernels (weakly typed network + FP16 flag); FP32 otherwise.
+        bundle: A bundle that already holds ``model.onnx`` (and ``model.fp16.onnx`` and its
+            stage graphs' FP16 twins for ``fp16``).
+        fp16: Build the FP16 graphs (strongly typed: FP16 where :mod:`export.onnx` made it
+            FP16, the clustering and reductions in FP32); FP32 otherwise.
+        plugin: ``"aot"``, ``"jit"`` or ``"none"`` (module docstring).
         workspace_gb: Builder workspace limit, GiB.
         max_frames: Largest frame count the ``full_video`` profile of ``model.onnx`` accepts
             (the early stage's comes from its manifest entry).
@@ -161,88 +252,173 @@ def build_engine(
         The reloaded bundle.
 
     Raises:
-        TensorRTMissing: No ``tensorrt`` or no CUDA device.
-        BundleError: No ``model.onnx`` in the bundle, or its manifest entry is incomplete.
-        RuntimeError: TensorRT failed to parse or build (its messages included).
+        TensorRTMissing: No ``tensorrt`` (10.9 .. 11.x) or no CUDA device.
+        BundleError: A graph to build is missing, or its manifest entry is incomplete.
+        RuntimeError: TensorRT failed to parse or build (its messages included), or the
+            parser did not make the plugin layer ``plugin`` asked for.
     """
     trt = _import_tensorrt()
     import torch
 
-    from export.plugin import register
-
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    onnx_info = bundle.file_info(ONNX_FILE)
-    shapes = profile_shapes(onnx_info, max_frames=max_frames)
-    if onnx_info.get("custom_ops"):
-        # Before parsing: the parser prefers a registered plugin to the node's local function.
-        register()
-
+    if plugin not in PLUGIN_MODES:
+        raise ValueError(f"plugin must be one of {PLUGIN_MODES}, got {plugin!r}")
     gpu = torch.cuda.get_device_name()
     plan = plan_name(gpu)
-    cache_path = (
-        bundle.path.parent / f"{bundle.name}.{plan[len('model.') : -len('.plan')]}.timing-cache"
+    jobs = _jobs(bundle, gpu, plan, fp16=fp16, max_frames=max_frames)
+    if plugin != "none" and any(job.custom_ops for job in jobs):
+        from export.plugin import register
+
+        register()  # before parsing: the parser looks registered plugins up by name
+    capability = torch.cuda.get_device_capability()
+    slug = plan.removeprefix("model.").removesuffix(".plan")
+    cache_path = bundle.path.parent / timing_cache_name(
+        bundle.name, slug, capability, trt.__version__
     )
-    builder = _Builder(trt, fp16=fp16, workspace_gb=workspace_gb, cache_path=cache_path)
-    builds = [(ONNX_FILE, plan, shapes), *stage_profiles(bundle, gpu)]
-    for onnx_file, plan_file, file_shapes in builds:
-        info = bundle.file_info(onnx_file)
-        builder.build(bundle.file(onnx_file), file_shapes, bundle.path / plan_file)
-        names = ("min", "opt", "max")
+    builder = _Builder(trt, workspace_gb=workspace_gb, cache_path=cache_path, plugin=plugin)
+    names = ("min", "opt", "max")
+    for job in jobs:
+        with _parse_ready(bundle, job, plugin) as path:
+            outcome = builder.build(path, job.shapes, bundle.path / job.plan_file)
+        found = [layer["plugin"] or "?" for layer in outcome.plugin_layers]
+        if job.custom_ops and plugin != "none" and not outcome.plugin_layers:
+            raise RuntimeError(
+                f"TensorRT's parser did not map {job.onnx_file}'s {_CLUSTER_OP} node to the "
+                f"plugin (it expanded the node's ONNX function); {job.plan_file} not written. "
+                "Use --plugin none to build from the function on purpose."
+            )
         bundle = add_bundle_file(
             bundle,
-            plan_file,
+            job.plan_file,
             gpu=gpu,
+            capability=list(capability),
             tensorrt=trt.__version__,
-            onnx=onnx_file,
+            onnx=job.onnx_file,
             precision="fp16" if fp16 else "fp32",
-            strongly_typed=builder.strongly_typed,
-            profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, file_shapes)}}],
+            strongly_typed=True,
+            profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, job.shapes)}}],
             workspace_gb=workspace_gb,
-            plugins=[f"{op['plugin_namespace']}::{op['op']}" for op in info.get("custom_ops", [])],
-            timing_cache=cache_path.name,
+            plugins=sorted(set(found)),
+            plugin_impl=(plugin if found else "onnx-function") if job.custom_ops else None,
+            plugin_layers=[layer["layer"] for layer in outcome.plugin_layers],
+            timing_cache=outcome.cache_name,
+            timing_cache_reused=outcome.cache_reused,
         )
     return bundle
+
+
+def _jobs(bundle: Bundle, gpu: str, plan: str, *, fp16: bool, max_frames: int | None) -> list[_Job]:
+    """The plans to build: ``model.onnx`` (or its FP16 twin) and the stage graphs."""
+
+    def source(name: str) -> str:
+        wanted = fp16_name(name) if fp16 else name
+        if not bundle.has(wanted):
+            raise BundleError(
+                f"{bundle.path} has no {wanted}; run python -m export.onnx --bundle "
+                f"{bundle.path}{' --fp16' if fp16 else ''}"
+            )
+        return wanted
+
+    main_file = source(ONNX_FILE)
+    info = bundle.file_info(main_file)
+    jobs = [
+        _Job(
+            main_file,
+            bundle.file(main_file),
+            profile_shapes(bundle.file_info(ONNX_FILE), max_frames=max_frames),
+            plan,
+            list(info.get("custom_ops", [])),
+        )
+    ]
+    for name, plan_file, shapes in stage_profiles(bundle, gpu):
+        stage_file = source(name)
+        jobs.append(_Job(stage_file, bundle.file(stage_file), shapes, plan_file, []))
+    return jobs
+
+
+class _parse_ready:
+    """Context manager: the path to parse for ``job``, a prepared copy of the graph
+    (:func:`prepare_for_parser`) in the bundle directory when it holds the custom node."""
+
+    def __init__(self, bundle: Bundle, job: _Job, plugin: str) -> None:
+        self.bundle, self.job, self.plugin = bundle, job, plugin
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if not self.job.custom_ops:
+            return self.job.parse_path
+        proto = prepare_for_parser(onnx.load(str(self.job.parse_path)), self.plugin)
+        handle, name = tempfile.mkstemp(suffix=".parse.onnx", dir=self.bundle.path)
+        os.close(handle)
+        self.tmp = Path(name)
+        self.tmp.write_bytes(proto.SerializeToString())
+        return self.tmp
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    plugin_layers: list[dict[str, str]]
+    cache_name: str | None
+    cache_reused: bool
 
 
 class _Builder:
     """One TensorRT builder and timing cache for the plans of a bundle."""
 
-    def __init__(self, trt: Any, *, fp16: bool, workspace_gb: float, cache_path: Path) -> None:
+    def __init__(self, trt: Any, *, workspace_gb: float, cache_path: Path, plugin: str) -> None:
         self.trt = trt
-        self.fp16 = fp16
         self.workspace = int(workspace_gb * (1 << 30))
         self.cache_path = cache_path
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = trt.Builder(self.logger)
-        flags = trt.NetworkDefinitionCreationFlag
-        self.strongly_typed = not fp16 and hasattr(flags, "STRONGLY_TYPED")
-        self.flags = 1 << int(flags.STRONGLY_TYPED) if self.strongly_typed else 0
+        self.flags = network_flags(trt, plugin)
 
-    def build(self, onnx_path: Path, shapes: Shapes, plan_path: Path) -> None:
-        """Parse ``onnx_path``, build it for one profile of ``shapes``, write ``plan_path``
-        and the timing cache atomically."""
+    def _timing_cache(self, config: Any) -> bool:
+        """Attach the cache file's timing cache (a fresh one if there is none or the builder
+        refuses it: another TensorRT or GPU wrote it, or it is damaged); whether the file's
+        was taken."""
+        path = self.cache_path
+        if path.is_file():
+            cache = config.create_timing_cache(path.read_bytes())
+            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+                return True
+            log.warning("%s does not fit this TensorRT/GPU; starting a new timing cache", path)
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise RuntimeError("TensorRT refused a new timing cache")
+        return False
+
+    def build(self, onnx_path: Path, shapes: Shapes, plan_path: Path) -> _Outcome:
+        """Parse ``onnx_path``, build it for one profile of ``shapes``; write the timing
+        cache, then ``plan_path``, atomically."""
         trt = self.trt
         network = self.builder.create_network(self.flags)
         parser = _parse(trt, network, self.logger, onnx_path)
+        layers = plugin_layers(trt, network)
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace)
-        if self.fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
         profile = self.builder.create_optimization_profile()
         profile.set_shape(ONNX_INPUT, *shapes)
         config.add_optimization_profile(profile)
-        path = self.cache_path
-        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        reused = self._timing_cache(config)
         serialized = self.builder.build_serialized_network(network, config)
         del parser  # only now: the network's weights were the parser's
         if serialized is None:
             raise RuntimeError(
                 f"TensorRT failed to build an engine from {onnx_path} (see the log above)"
             )
+        cache = config.get_timing_cache()
+        cache_name = None
+        if cache is not None:
+            atomic_write_bytes(self.cache_path, bytes(cache.serialize()))
+            cache_name = self.cache_path.name
         atomic_write_bytes(plan_path, bytes(serialized))
-        atomic_write_bytes(path, bytes(config.get_timing_cache().serialize()))
+        return _Outcome(layers, cache_name, reused)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m export.trt", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--bundle", required=True, help="model bundle directory (with model.onnx)")
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    parser.add_argument(
+        "--fp16", action="store_true", help="build model.fp16.onnx (python -m export.onnx --fp16)"
+    )
+    parser.add_argument(
+        "--plugin",
+        choices=PLUGIN_MODES,
+        default="aot",
+        help="TemporalCluster as the AOT kernel (default), the Python plugin, or ONNX layers",
+    )
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace, GiB")
     parser.add_argument(
         "--max-frames", type=int, default=None, help="largest frame count (full_video)"
@@ -264,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         bundle = build_engine(
-            args.bundle, fp16=args.fp16, workspace_gb=args.workspace_gb, max_frames=args.max_frames
+            args.bundle,
+            fp16=args.fp16,
+            plugin=args.plugin,
+            workspace_gb=args.workspace_gb,
+            max_frames=args.max_frames,
         )
     except (BundleError, RuntimeError, ValueError) as err:
         print(f"export.trt failed: {err}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Run a bundle's TensorRT engine with the contract of a backend forward.
 
 The plan of a bundle is built per GPU model by ``python -m export.trt`` and named
-:func:`plan_name` of the device name. :class:`TrtEngine` registers the ``TemporalCluster``
-plugin (:mod:`export.plugin`) before deserialising, so ``full_video`` engines load too.
+:func:`plan_name` of the device name. A plan whose clustering is the plugin's ahead-of-time
+kernel needs nothing registered; for one built with the Python plugin (``--plugin jit``)
+:class:`TrtEngine` registers :mod:`export.plugin` before deserialising. Each engine enqueues
+on its own CUDA stream.
 :class:`TrtStages` runs full_video's two stage plans (``model.early.<gpu>.plan``,
 ``model.late.<gpu>.plan``) as the :class:`models.stream.WholeVideoStages` of the streamed
 two-pass clustering. ``tensorrt`` is imported lazily: this module imports on machines without
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from export.trt import stage_plan_name
+from export.trt_compat import TensorRTUnsupported, import_tensorrt
 from models.bundle import (
     ONNX_EARLY_FILE,
     ONNX_INPUT,
@@ -29,14 +32,51 @@ from models.bundle import (
     plan_name,
 )
 
-__all__ = ["TrtEngine", "TrtStages", "early_in_windows", "tensorrt_available"]
+__all__ = [
+    "TrtEngine",
+    "TrtStages",
+    "early_in_windows",
+    "plugin_impl",
+    "tensorrt_available",
+    "torch_dtype",
+]
+
+
+def plugin_impl(info: dict[str, Any]) -> str | None:
+    """How a plan's clustering runs, from its manifest entry: ``"aot"`` (the kernel is in the
+    plan), ``"jit"`` (the Python plugin must be registered), ``"onnx-function"`` (standard
+    layers), or ``None`` (no clustering node). Plans recorded before ``plugin_impl`` existed
+    and listing ``plugins`` were built with the Python plugin."""
+    if "plugin_impl" in info:
+        value = info["plugin_impl"]
+        return None if value is None else str(value)
+    return "jit" if info.get("plugins") else None
+
+
+def torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    """The torch dtype of a TensorRT tensor type (float32, float16, bfloat16, int32, int64).
+
+    Raises:
+        RuntimeError: Another type.
+    """
+    for name, torch_type in (
+        ("float32", torch.float32),
+        ("float16", torch.float16),
+        ("bfloat16", torch.bfloat16),
+        ("int32", torch.int32),
+        ("int64", torch.int64),
+    ):
+        if hasattr(trt, name) and dtype == getattr(trt, name):
+            return torch_type
+    raise RuntimeError(f"the engine has a tensor of type {dtype}, which the backend does not take")
 
 
 def tensorrt_available() -> bool:
-    """``tensorrt`` importable and a CUDA device present."""
+    """``tensorrt`` importable, in the supported range (10.9 .. 11.x), and a CUDA device
+    present."""
     try:
-        import tensorrt  # noqa: F401 - importing is the availability check
-    except ImportError:
+        import_tensorrt()
+    except (ImportError, TensorRTUnsupported):
         return False
     return torch.cuda.is_available()
 
@@ -57,11 +97,13 @@ class TrtEngine:
 
     def __init__(self, bundle: Bundle, *, stage: str | None = None) -> None:
         try:
-            import tensorrt as trt
+            trt = import_tensorrt()
         except ImportError:
             raise RuntimeError(
-                "TensorRT backend unavailable: the tensorrt package (10.x) is not installed"
+                "TensorRT backend unavailable: the tensorrt package (10.9 .. 11.x) is not installed"
             ) from None
+        except TensorRTUnsupported as err:
+            raise RuntimeError(f"TensorRT backend unavailable: {err}") from None
         if not torch.cuda.is_available():
             raise RuntimeError("TensorRT backend unavailable: no CUDA device")
         self.device = torch.device("cuda", torch.cuda.current_device())
@@ -80,7 +122,8 @@ class TrtEngine:
                 f"{path} was built with TensorRT {info['tensorrt']}, "
                 f"this is {trt.__version__}; rebuild it"
             )
-        if stage is None or info.get("plugins"):  # the stage graphs hold no custom node
+        self.plugin_impl = plugin_impl(info)
+        if self.plugin_impl == "jit":
             from export.plugin import register
 
             register()
@@ -93,6 +136,13 @@ class TrtEngine:
         profile = self._engine.get_tensor_profile_shape(ONNX_INPUT, 0)
         self.min_shape, self.opt_shape, self.max_shape = (tuple(s) for s in profile)
         self.precision = info.get("precision", "fp32")
+        self._dtypes = {
+            name: torch_dtype(trt, self._engine.get_tensor_dtype(name))
+            for name in (ONNX_INPUT, ONNX_OUTPUT)
+        }
+        # Its own stream: never the default stream, which would serialise with every other
+        # CUDA user of the process.
+        self._stream = torch.cuda.Stream(self.device)
         self._lock = threading.Lock()
 
     def _check(self, shape: tuple[int, ...]) -> None:
@@ -106,15 +156,15 @@ class TrtEngine:
                 )
 
     def _run(self, chunk: Tensor) -> Tensor:
+        # On the engine's stream: the input (copied on it) and the output are allocated by
+        # torch's caching allocator for this stream, so neither is reused while TensorRT runs.
         self._context.set_input_shape(ONNX_INPUT, tuple(chunk.shape))
         out_shape = tuple(self._context.get_tensor_shape(ONNX_OUTPUT))
-        out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
+        out = torch.empty(out_shape, dtype=self._dtypes[ONNX_OUTPUT], device=self.device)
         self._context.set_tensor_address(ONNX_INPUT, chunk.data_ptr())
         self._context.set_tensor_address(ONNX_OUTPUT, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
         return out
 
     def __call__(self, inputs: Tensor) -> Tensor:
@@ -124,11 +174,12 @@ class TrtEngine:
         """
         shape = tuple(inputs.shape)
         self._check(shape)
-        x = inputs.to(self.device, torch.float32).contiguous()
         step = self.max_shape[0]
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), torch.cuda.stream(self._stream):
+            x = inputs.to(self.device, self._dtypes[ONNX_INPUT], non_blocking=True).contiguous()
             outs = [self._run(x[i : i + step]) for i in range(0, shape[0], step)]
-        return torch.cat(outs).cpu()
+            result = torch.cat(outs).float().cpu()  # copies on the stream, then waits for it
+        return result
 
     def describe(self) -> dict[str, Any]:
         """GPU, plan file, precision and profile range, for the service's model listing."""
@@ -136,6 +187,7 @@ class TrtEngine:
             "gpu": self.gpu,
             "plan": self.plan,
             "precision": self.precision,
+            "plugin": self.plugin_impl,
             "min_shape": list(self.min_shape),
             "max_shape": list(self.max_shape),
         }
