@@ -27,13 +27,13 @@ OUT=${OUT:-demo/bundles}
 mkdir -p "$FIRST" "$OUT"
 for family in ${FAMILIES:-c3d_vll attention_lstm ms3d full_video}; do
     name="$family-move4digits"
-    extra=()
-    [ "$family" = ms3d ] && extra=(--tailor true --epochs 60)
+    first=() extra=()
+    [ "$family" = ms3d ] && first=(--tailor true) && extra=(--tailor true --epochs 60)
     start=$(date +%s)
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
     [ -f "$FIRST/$name/manifest.json" ] ||
         "$PY" -m training.run --family "$family" --data "$DATA" --out "$FIRST" --name "$name" \
-            --seed 0 ${TRAIN_ARGS:-}
+            --seed 0 "${first[@]}" ${TRAIN_ARGS:-}
     # shellcheck disable=SC2086
     "$PY" -m training.run --family "$family" --data "$VARIED" --out "$OUT" --name "$name" --seed 0 \
         --init-from "$FIRST/$name" "${extra[@]}" ${TRAIN_ARGS:-}

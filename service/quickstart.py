@@ -30,6 +30,7 @@ __all__ = [
     "DEMO_VIDEOS",
     "FAMILIES",
     "FINE_TUNE_ARGS",
+    "FIRST_STAGE_ARGS",
     "bundle_name",
     "main",
     "prepare",
@@ -46,8 +47,9 @@ DEMO_BUNDLES = DEMO / "bundles"
 DEMO_VIDEOS = DEMO / "videos"
 
 
-# The second stage of the demo recipe: flags added to the family's demo preset when the
-# classic-look bundle is fine-tuned on the varied look (demo/train_bundles.sh runs the same).
+# Flags added to the family's demo preset in the first stage of the demo recipe (the classic
+# look) and in the second (fine-tuned on the varied look); demo/train_bundles.sh runs the same.
+FIRST_STAGE_ARGS: dict[str, tuple[str, ...]] = {"ms3d": ("--tailor", "true")}
 FINE_TUNE_ARGS: dict[str, tuple[str, ...]] = {
     "c3d_vll": (),
     "attention_lstm": (),
@@ -155,7 +157,9 @@ def prepare(
     for family in families:
         name = bundle_name(family, data)
         if not is_bundle(store / name):
-            start = _ensure_bundle(family, data, first, train_args, name)
+            start = _ensure_bundle(
+                family, data, first, [*FIRST_STAGE_ARGS.get(family, ()), *train_args], name
+            )
             tune = [*FINE_TUNE_ARGS[family], *train_args, "--init-from", str(start)]
             _ensure_bundle(family, varied, store, tune, name)
         bundles.append(store / name)
