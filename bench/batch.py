@@ -18,9 +18,11 @@ Run ``python bench/batch.py`` (not a timed test). It
 
 3. prints videos/s of each, over the whole command (interpreter start, imports, model load,
    Ray start-up included) and over the recognition alone (as each reports it), the ratio
-   batch/loop (target >= 1.3 on 2 cores), whether every video got the same top-1 label as in
-   the loop, and the load average before and after: the host may be shared. The figures go to
-   ``bench/_work/batch/results.json`` too.
+   batch/loop (target >= 1.3 on 2 cores), the CPU seconds of each command (its process and
+   the children it waited for; for the Ray run this misses worker processes Ray reaps
+   itself), whether every video got the same top-1 label as in the loop, and the load average
+   before and after: on a shared host a run with more threads also gets a larger share of the
+   CPUs. The figures go to ``bench/_work/batch/results.json`` too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -96,34 +99,40 @@ def loop(bundle: Path, folder: Path, out: Path) -> None:
     out.write_text(json.dumps({"videos": len(videos), "seconds": seconds, "top1": top1}))
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the process and the children it waited
+    for) and standard error of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return wall, done.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stderr
 
 
 def _batch_run(name: str, cmd: list[str], out: Path, count: int) -> dict[str, Any]:
     out.unlink(missing_ok=True)
-    wall, stderr = _timed([*cmd, "--out", str(out), "--no-progress"])
+    wall, cpu, stderr = _timed([*cmd, "--out", str(out), "--no-progress"])
     match = _SUMMARY.search(stderr)
     assert match and int(match.group(1)) == count, stderr[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     errors = [r for r in lines if "error" in r]
     assert len(lines) == count and not errors, errors[:3]
     top1 = {r["path"]: r["top5"][0]["label"] for r in lines}
-    return _figures(name, count, wall, float(match.group(2)), top1)
+    return _figures(name, count, wall, cpu, float(match.group(2)), top1)
 
 
 def _figures(
-    name: str, count: int, wall: float, seconds: float, top1: dict[str, str]
+    name: str, count: int, wall: float, cpu: float, seconds: float, top1: dict[str, str]
 ) -> dict[str, Any]:
     return {
         "run": name,
         "videos": count,
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
         "recognition_s": round(seconds, 2),
         "videos_per_s": round(count / wall, 3),
         "recognition_videos_per_s": round(count / seconds, 3),
@@ -155,13 +164,13 @@ def main() -> None:
     print(f"{args.videos} videos of {args.seconds:g} s, {bundle.name}, {os.cpu_count()} CPUs")
     runs = []
     loop_out = args.work_dir / "loop.json"
-    wall, _ = _timed(
+    wall, cpu, _ = _timed(
         [sys.executable, __file__, "--family", args.family, "--videos", str(args.videos),
          "--seconds", str(args.seconds), "--work-dir", str(args.work_dir),
          "--loop-into", str(loop_out)]
     )  # fmt: skip
     measured = json.loads(loop_out.read_text())
-    runs.append(_figures("loop", args.videos, wall, measured["seconds"], measured["top1"]))
+    runs.append(_figures("loop", args.videos, wall, cpu, measured["seconds"], measured["top1"]))
     batch = [sys.executable, "-m", "service.batch", "--model", str(bundle), str(folder)]
     runs.append(
         _batch_run(
@@ -188,7 +197,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     base = runs[0]
-    columns = ("wall s", "videos/s", "recog. s", "videos/s", "x loop")
+    columns = ("wall s", "videos/s", "recog. s", "videos/s", "x loop", "CPU s")
     print(f"{'run':<38} " + " ".join(f"{c:>9}" for c in columns))
     for run in runs:
         ratio = run["videos_per_s"] / base["videos_per_s"]
@@ -197,7 +206,8 @@ def main() -> None:
         print(
             f"{run['run']:<38} {run['wall_s']:>9.1f} {run['videos_per_s']:>9.2f} "
             f"{run['recognition_s']:>9.1f} {run['recognition_videos_per_s']:>9.2f} "
-            f"{ratio:>8.2f}x" + ("" if run["same_top1_as_loop"] else "  (top-1 differs!)")
+            f"{ratio:>8.2f}x {run['cpu_s']:>9.1f}"
+            + ("" if run["same_top1_as_loop"] else "  (top-1 differs!)")
         )
     speedup = runs[1]["vs_loop"]
     verdict = "meets" if speedup >= TARGET else "misses"

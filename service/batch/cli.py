@@ -17,7 +17,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from models.bundle import BundleError
@@ -102,12 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="network inputs per call of one video (ACTREC_BATCH_SIZE, default 16; "
         f"{LIVE_BATCH_SIZE} for live sources)",
-    )
-    p.add_argument(
-        "--merge-rows",
-        type=_positive_int,
-        default=64,
-        help="most inputs of several videos merged into one network call (default %(default)s)",
     )
     p.add_argument(
         "--stdin-stream",
@@ -229,13 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = ", ".join(sorted(output.models))
         print(f"error: {args.out} holds answers of {known}, not of {model.name}", file=sys.stderr)
         return EXIT_USAGE
-    if settings.compute_threads:
-        torch.set_num_threads(settings.compute_threads)
     options = Options(
         timeline=args.timeline,
         window_s=args.window_s,
         workers=args.workers,
-        merge_rows=args.merge_rows,
     )
     show = sys.stderr.isatty() if args.progress is None else args.progress
     with output, _sigterm_as_interrupt():

@@ -6,9 +6,10 @@ Each video is recognised exactly as ``POST /recognize`` recognises an upload:
 caps (:func:`service.jobs.decode_limits`), answered by :func:`service.api.recognize.build_answer`
 and, on failure, with the service's error code (:func:`service.errors.error_of`). What differs
 is the plumbing: ``workers`` threads each recognise one video (each with the core's own
-decode-ahead thread), and their network calls go through one :class:`_Merger`, which runs one
-call at a time on the inputs of every video waiting for it, concatenated. A video is decoded
-while another one's clips are in the network.
+decode-ahead thread), and their network calls are joined across videos by the service's
+:class:`service.batching.ForwardBatcher` (with its settings, ``max_batch_inputs`` and
+``max_batch_delay_ms``), one network call at a time. A video is decoded while another one's
+clips are in the network.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -28,10 +30,10 @@ import torch
 from torch import Tensor
 
 from models.bundle import ONNX_FILE
-from models.pipeline import Forward
 from models.stream import Cancelled, WholeVideoStages
 from service.api.recognize import DEFAULT_WINDOW_S, build_answer
 from service.batch.live import LiveSource, SourceUnavailable, StreamBroken
+from service.batching import ForwardBatcher
 from service.errors import error_of
 from service.jobs import CallingStages, RecognitionResult, decode_limits
 from service.schemas import TimelineSegment
@@ -57,14 +59,11 @@ class Options:
         timeline: Add each video's timeline to its answer (as ``timeline=true`` does).
         window_s: Seconds per timeline window (ms3d, full_video).
         workers: Videos recognised at once (decoding threads).
-        merge_rows: Most network inputs (clips) in one merged call; a TensorRT engine's
-            profile caps it further.
     """
 
     timeline: bool = False
     window_s: float = DEFAULT_WINDOW_S
     workers: int = 2
-    merge_rows: int = 64
 
 
 def error_record(key: str, err: BaseException) -> Record:
@@ -86,114 +85,65 @@ def error_record(key: str, err: BaseException) -> Record:
     return {"path": key, "error": {"code": code, "message": " ".join(message.split())}}
 
 
-@dataclass
-class _Request:
-    inputs: Tensor
-    output: Tensor | None = None
-    error: BaseException | None = None
-    seconds: float = 0.0  # this request's share of its call's time
+class _Network:
+    """The model's network, one call at a time: the forward through the batcher (joined with
+    other videos' calls), full_video's stages on their own."""
 
+    def __init__(self, model: LoadedModel, settings: Settings) -> None:
+        self._forward = model.backend.forward
+        self._lock = threading.Lock()
+        self.batcher: ForwardBatcher | None = None
+        if settings.max_batch_delay_ms > 0:
+            self.batcher = ForwardBatcher(
+                self._locked,
+                max_rows=_batch_cap(model, settings.max_batch_inputs),
+                max_delay_s=settings.max_batch_delay_ms / 1e3,
+            )
 
-class _Merger:
-    """One network call at a time, on the inputs of every caller waiting: a caller's inputs
-    join the next call with those of the other videos that arrived while the current one ran
-    (same input shape, at most ``max_rows`` rows), and each caller gets its own rows back.
-
-    No thread of its own: the first waiting caller to get the network runs the call for all
-    (leader/follower). A merged call that fails is retried per caller, so one video's bad
-    input fails that video alone.
-    """
-
-    def __init__(self, forward: Forward, max_rows: int) -> None:
-        self._forward = forward
-        self._max_rows = max(1, max_rows)
-        self._waiting: list[_Request] = []
-        self._lock = threading.Lock()  # guards _waiting
-        self._network = threading.Lock()  # held for each network call
-
-    def run(self, inputs: Tensor) -> tuple[Tensor, float]:
-        """``forward(inputs)`` and this call's share of the network time, in seconds."""
-        request = _Request(inputs)
+    def _locked(self, inputs: Tensor) -> Tensor:
         with self._lock:
-            self._waiting.append(request)
-        with self._network:
-            if request.output is None and request.error is None:
-                self._call(self._take(request))
-        if request.error is not None:
-            raise request.error
-        assert request.output is not None
-        return request.output, request.seconds
+            return self._forward(inputs)
 
-    def alone(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
-        """``fn(*args)`` as a network call of its own (full_video's stages), and its time."""
-        with self._network:
-            started = time.perf_counter()
-            out = fn(*args)
-            return out, time.perf_counter() - started
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.batcher(inputs) if self.batcher is not None else self._locked(inputs)
 
-    def _take(self, first: _Request) -> list[_Request]:
+    def alone(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
-            group, rows = [first], len(first.inputs)
-            shape = first.inputs.shape[1:]
-            self._waiting.remove(first)
-            for other in list(self._waiting):
-                if other.inputs.shape[1:] == shape and rows + len(other.inputs) <= self._max_rows:
-                    group.append(other)
-                    rows += len(other.inputs)
-                    self._waiting.remove(other)
-        return group
+            return fn(*args)
 
-    def _call(self, group: list[_Request]) -> None:
-        started = time.perf_counter()
-        try:
-            inputs = group[0].inputs if len(group) == 1 else torch.cat([r.inputs for r in group])
-            outputs = self._forward(inputs)
-        except Exception as err:
-            if len(group) == 1:
-                group[0].error = err
-                return
-            for request in group:
-                self._call([request])
-            return
-        seconds = time.perf_counter() - started
-        total, offset = len(inputs), 0
-        for request in group:
-            n = len(request.inputs)
-            request.output = outputs[offset : offset + n] if len(group) > 1 else outputs
-            request.seconds = seconds * n / max(1, total)
-            offset += n
+    def session(self) -> AbstractContextManager[None]:
+        """One recognition in progress (a joined forward waits only for those)."""
+        return self.batcher.session() if self.batcher is not None else nullcontext()
 
 
 class _Account:
-    """One video's network calls through the merger, timed as the service times a request:
-    ``infer_s`` in network calls (its share of each merged call), ``blocked_s`` waiting for
-    them (the rest of the wall time is decoding, sampling and aggregation)."""
+    """One video's network calls, timed as the service times a request: ``infer_s`` in
+    network calls, waits for a joined forward included (the rest of the wall time is
+    decoding, sampling and aggregation)."""
 
-    def __init__(self, merger: _Merger) -> None:
-        self.merger = merger
+    def __init__(self, network: _Network) -> None:
+        self.network = network
         self.infer_s = 0.0
-        self.blocked_s = 0.0
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self._timed(self.merger.run, inputs)
+        return self._timed(self.network.forward, inputs)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._timed(self.merger.alone, fn, *args)
+        """``fn(*args)`` as a network call of its own (full_video's stages)."""
+        return self._timed(self.network.alone, fn, *args)
 
-    def _timed(self, run: Callable[..., tuple[T, float]], *args: Any) -> T:
+    def _timed(self, run: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         try:
-            out, seconds = run(*args)
+            return run(*args)
         finally:
-            self.blocked_s += time.perf_counter() - started
-        self.infer_s += seconds
-        return out
+            self.infer_s += time.perf_counter() - started
 
     def stages(self, stages: WholeVideoStages | None) -> WholeVideoStages | None:
         return None if stages is None else CallingStages(stages, self)
 
 
-def _merge_cap(model: LoadedModel, wanted: int) -> int:
+def _batch_cap(model: LoadedModel, wanted: int) -> int:
     """``wanted``, within what the backend takes: a TensorRT engine's profile bounds the batch
     (the ``clips`` range the manifest records for ``model.onnx``)."""
     if model.backend.name != "tensorrt":
@@ -218,7 +168,9 @@ class Recognizer:
         self.model = model
         self.settings = settings
         self.options = options
-        self._merger = _Merger(model.backend.forward, _merge_cap(model, options.merge_rows))
+        if settings.compute_threads:  # as the service sets it (process-wide)
+            torch.set_num_threads(settings.compute_threads)
+        self._network = _Network(model, settings)
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -232,7 +184,7 @@ class Recognizer:
             models.stream.Cancelled: :meth:`stop` was called meanwhile.
         """
         started = time.perf_counter()
-        account = _Account(self._merger)
+        account = _Account(self._network)
         try:
             outcome = self._recognize(path, account, timeline=self.options.timeline)
         except Cancelled:
@@ -282,7 +234,7 @@ class Recognizer:
             models.stream.Cancelled: :meth:`stop` was called meanwhile.
         """
         started = time.perf_counter()
-        account = _Account(self._merger)
+        account = _Account(self._network)
 
         def segment(answer: TimelineSegment) -> None:
             on_segment({"path": source.name, "segment": json.loads(answer.model_dump_json())})
@@ -314,17 +266,18 @@ class Recognizer:
         limits: DecodeLimits | None = None,
         on_segment: Callable[[TimelineSegment], None] | None = None,
     ) -> Outcome:
-        return self.model.recognize(
-            path,
-            forward=account.forward,
-            stages=account.stages(self.model.backend.stages),
-            limits=limits or decode_limits(self.settings, self.model),
-            threads=self.settings.decode_threads,
-            timeline=timeline,
-            window_s=self.options.window_s,
-            on_segment=on_segment,
-            cancelled=self._stop.is_set,
-        )
+        with self._network.session():
+            return self.model.recognize(
+                path,
+                forward=account.forward,
+                stages=account.stages(self.model.backend.stages),
+                limits=limits or decode_limits(self.settings, self.model),
+                threads=self.settings.decode_threads,
+                timeline=timeline,
+                window_s=self.options.window_s,
+                on_segment=on_segment,
+                cancelled=self._stop.is_set,
+            )
 
     def _answer(
         self, key: str, outcome: Outcome, account: _Account, started: float, *, timeline: bool
@@ -332,7 +285,7 @@ class Recognizer:
         assert outcome.meta is not None  # made from a source
         wall_s = time.perf_counter() - started
         result = RecognitionResult(
-            outcome, outcome.meta, (wall_s - account.blocked_s) * 1e3, account.infer_s * 1e3
+            outcome, outcome.meta, (wall_s - account.infer_s) * 1e3, account.infer_s * 1e3
         )
         answer = build_answer(self.model, result, started, timeline=timeline)
         # The JSON the service sends (pydantic's serialisation), with the path first.

@@ -3,7 +3,7 @@
 The videos become a dataset of ``(path, file)`` rows; ``map_batches`` runs :class:`_Recognise`
 on an actor pool (one actor per GPU when the cluster has GPUs, else one per
 ``cpus_per_actor`` CPUs). Each actor loads the bundle once and recognises its batches with the
-local :class:`service.batch.engine.Recognizer` (its workers, inference merged across the
+local :class:`service.batch.engine.Recognizer` (its workers, inference joined across the
 batch's videos); its lines stream back to the driver, which writes them as a local run does.
 The bundle and the videos must be at the same paths on every node (shared storage), and the
 nodes must have this package installed (the ``scale`` extra). See ``docs/batch.md``.
