@@ -139,6 +139,21 @@ def test_corrupt_and_missing_files_are_error_lines(c3d: str, tmp_path: Path) -> 
     assert len(_lines(out)) == len(names)
 
 
+def test_the_service_caps_apply_but_not_its_upload_byte_cap(
+    c3d: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_video(tmp_path / "short.mp4", n=20)  # 0.8 s
+    write_video(tmp_path / "long.mp4", n=50)  # 2 s
+    assert (tmp_path / "short.mp4").stat().st_size > 1000
+    monkeypatch.setenv("ACTREC_MAX_UPLOAD_BYTES", "1000")
+    monkeypatch.setenv("ACTREC_MAX_DURATION_S", "1.5")
+    out = tmp_path / "out.jsonl"
+    assert _run("--model", c3d, str(tmp_path), "--out", str(out)) == 0
+    lines = {Path(k).name: v for k, v in _by_path(_lines(out)).items()}
+    assert lines["short.mp4"]["frames"] == 20  # bigger than an upload may be, answered
+    assert lines["long.mp4"]["error"]["code"] == "video_too_large"  # the service's 413
+
+
 def test_jsonl_and_csv_hold_the_same_answers(c3d: str, tmp_path: Path) -> None:
     videos = [tmp_path / f"v{i}.mp4" for i in range(3)]
     for i, path in enumerate(videos):

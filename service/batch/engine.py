@@ -3,7 +3,8 @@ batched across videos.
 
 Each video is recognised exactly as ``POST /recognize`` recognises an upload:
 :meth:`service.store.LoadedModel.recognize` (the streaming core) under the service's decode
-caps (:func:`service.jobs.decode_limits`), answered by :func:`service.api.recognize.build_answer`
+caps (:func:`service.jobs.decode_limits`, less the upload byte cap: a file here is not an
+upload), answered by :func:`service.api.recognize.build_answer`
 and, on failure, with the service's error code (:func:`service.errors.error_of`). What differs
 is the plumbing: ``workers`` threads each recognise one video (each with the core's own
 decode-ahead thread), and their network calls are joined across videos by the service's
@@ -239,10 +240,8 @@ class Recognizer:
         def segment(answer: TimelineSegment) -> None:
             on_segment({"path": source.name, "segment": json.loads(answer.model_dump_json())})
 
-        # The caps of a file, less the size and duration caps: a stream has neither.
-        limits = dataclasses.replace(
-            decode_limits(self.settings, self.model), max_bytes=None, max_duration_s=None
-        )
+        # The caps of a file, less the duration cap: a stream has no end known in advance.
+        limits = dataclasses.replace(self._limits(), max_duration_s=None)
         try:
             # models.stream is typed for paths; it hands the source to video.decode, which
             # reads a file object (see service.batch.live.LiveSource).
@@ -271,13 +270,18 @@ class Recognizer:
                 path,
                 forward=account.forward,
                 stages=account.stages(self.model.backend.stages),
-                limits=limits or decode_limits(self.settings, self.model),
+                limits=limits or self._limits(),
                 threads=self.settings.decode_threads,
                 timeline=timeline,
                 window_s=self.options.window_s,
                 on_segment=on_segment,
                 cancelled=self._stop.is_set,
             )
+
+    def _limits(self) -> DecodeLimits:
+        """The service's caps on duration, frames and resolution; no cap on bytes, which
+        bounds what a client may upload, not what a video may cost (that is the others')."""
+        return dataclasses.replace(decode_limits(self.settings, self.model), max_bytes=None)
 
     def _answer(
         self, key: str, outcome: Outcome, account: _Account, started: float, *, timeline: bool
