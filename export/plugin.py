@@ -154,6 +154,11 @@ def _define(trtp: Any) -> None:
 
         from export._kernels import compile_aot_kernel
 
+        if isinstance(num_clusters, (str, bytes)):
+            # TensorRT passes the attributes to aot_impl by position, in the node's order;
+            # export.trt writes num_clusters first, a graph from elsewhere may not.
+            num_clusters, method = method, num_clusters
+
         major, minor = torch.cuda.get_device_capability()
         kernel = compile_aot_kernel(
             dtype="fp16" if x.dtype == trt.float16 else "fp32",

@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ __all__ = [
     "STAGE_FILES",
     "build_engine",
     "fp16_name",
+    "plugin_record",
     "prepare_for_parser",
     "profile_shapes",
     "stage_plan_name",
@@ -86,6 +88,8 @@ Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 # that this module stays light).
 _CLUSTER_DOMAIN = "actrec"
 _CLUSTER_OP = "TemporalCluster"
+# The plugin's attributes in its declared order (export.plugin).
+_PLUGIN_ATTRIBUTES = ("num_clusters", "method")
 
 _RANGE = f">={MIN_TENSORRT[0]}.{MIN_TENSORRT[1]},<{MAX_TENSORRT[0]}"
 INSTALL_HINT = (
@@ -185,8 +189,9 @@ def prepare_for_parser(proto: onnx.ModelProto, plugin: str) -> onnx.ModelProto:
     ``plugin`` says: ``aot`` adds the integer attribute ``aot=1`` (the parser then takes the
     plugin's ahead-of-time implementation), ``jit`` drops it, ``none`` also drops
     ``plugin_namespace`` so that no registered plugin can match and the node's ONNX function
-    is expanded. Other attributes keep their order: TensorRT passes the plugin attributes to
-    ``aot_impl`` in that order. ONNX Runtime runs every variant alike (the function).
+    is expanded. ``num_clusters`` and ``method`` come first, in the plugin's order: TensorRT
+    passes the node's attributes to ``aot_impl`` by position. ONNX Runtime runs every variant
+    alike (the function).
 
     Raises:
         ValueError: ``plugin`` is not one of :data:`export.trt_compat.PLUGIN_MODES`.
@@ -199,11 +204,17 @@ def prepare_for_parser(proto: onnx.ModelProto, plugin: str) -> onnx.ModelProto:
         if node.domain != _CLUSTER_DOMAIN or node.op_type != _CLUSTER_OP:
             continue
         kept = [a for a in node.attribute if a.name not in dropped]
+        kept.sort(key=_attribute_rank)
         del node.attribute[:]
         node.attribute.extend(kept)
         if plugin == "aot":
             node.attribute.append(helper.make_attribute("aot", 1))
     return out
+
+
+def _attribute_rank(attribute: onnx.AttributeProto) -> int:
+    names = _PLUGIN_ATTRIBUTES
+    return names.index(attribute.name) if attribute.name in names else len(names)
 
 
 def _parse(trt: Any, network: Any, logger: Any, path: Path) -> Any:
@@ -279,15 +290,12 @@ def build_engine(
     builder = _Builder(trt, workspace_gb=workspace_gb, cache_path=cache_path, plugin=plugin)
     names = ("min", "opt", "max")
     for job in jobs:
+
+        def record(layers: list[dict[str, str]], job: _Job = job) -> dict[str, Any]:
+            return plugin_record(job.onnx_file, bool(job.custom_ops), plugin, layers)
+
         with _parse_ready(bundle, job, plugin) as path:
-            outcome = builder.build(path, job.shapes, bundle.path / job.plan_file)
-        found = [layer["plugin"] or "?" for layer in outcome.plugin_layers]
-        if job.custom_ops and plugin != "none" and not outcome.plugin_layers:
-            raise RuntimeError(
-                f"TensorRT's parser did not map {job.onnx_file}'s {_CLUSTER_OP} node to the "
-                f"plugin (it expanded the node's ONNX function); {job.plan_file} not written. "
-                "Use --plugin none to build from the function on purpose."
-            )
+            outcome = builder.build(path, job.shapes, bundle.path / job.plan_file, record)
         bundle = add_bundle_file(
             bundle,
             job.plan_file,
@@ -299,13 +307,34 @@ def build_engine(
             strongly_typed=True,
             profiles=[{ONNX_INPUT: {k: list(s) for k, s in zip(names, job.shapes)}}],
             workspace_gb=workspace_gb,
-            plugins=sorted(set(found)),
-            plugin_impl=(plugin if found else "onnx-function") if job.custom_ops else None,
-            plugin_layers=[layer["layer"] for layer in outcome.plugin_layers],
+            **outcome.plugins,
             timing_cache=outcome.cache_name,
             timing_cache_reused=outcome.cache_reused,
         )
     return bundle
+
+
+def plugin_record(
+    onnx_file: str, clusters: bool, plugin: str, layers: list[dict[str, str]]
+) -> dict[str, Any]:
+    """What a plan's manifest entry says of its clustering, from the plugin layers the parsed
+    network really holds (:func:`export.trt_compat.plugin_layers`): ``plugins`` (their ids),
+    ``plugin_impl`` (``"aot"``/``"jit"``; ``"onnx-function"`` when the node was expanded;
+    ``None`` for a graph without the node) and ``plugin_layers`` (their names).
+
+    Raises:
+        RuntimeError: The graph has the node, ``plugin`` asked for the plugin, and the
+            parser made no plugin layer (it expanded the node's ONNX function instead).
+    """
+    if clusters and plugin != "none" and not layers:
+        raise RuntimeError(
+            f"TensorRT's parser did not map {onnx_file}'s {_CLUSTER_OP} node to the plugin "
+            "(it expanded the node's ONNX function); no plan written. Use --plugin none to "
+            "build from the function on purpose."
+        )
+    found = sorted({layer["plugin"] or "?" for layer in layers})
+    impl = (plugin if found else "onnx-function") if clusters else None
+    return {"plugins": found, "plugin_impl": impl, "plugin_layers": [x["layer"] for x in layers]}
 
 
 def _jobs(bundle: Bundle, gpu: str, plan: str, *, fp16: bool, max_frames: int | None) -> list[_Job]:
@@ -362,7 +391,7 @@ class _parse_ready:
 
 @dataclass(frozen=True)
 class _Outcome:
-    plugin_layers: list[dict[str, str]]
+    plugins: dict[str, Any]  # plugin_record of the parsed network
     cache_name: str | None
     cache_reused: bool
 
@@ -393,13 +422,20 @@ class _Builder:
             raise RuntimeError("TensorRT refused a new timing cache")
         return False
 
-    def build(self, onnx_path: Path, shapes: Shapes, plan_path: Path) -> _Outcome:
-        """Parse ``onnx_path``, build it for one profile of ``shapes``; write the timing
-        cache, then ``plan_path``, atomically."""
+    def build(
+        self,
+        onnx_path: Path,
+        shapes: Shapes,
+        plan_path: Path,
+        record: Callable[[list[dict[str, str]]], dict[str, Any]],
+    ) -> _Outcome:
+        """Parse ``onnx_path``; ``record`` the parsed network's plugin layers (it raises to
+        stop before the build); build for one profile of ``shapes``; write the timing cache,
+        then ``plan_path``, atomically."""
         trt = self.trt
         network = self.builder.create_network(self.flags)
         parser = _parse(trt, network, self.logger, onnx_path)
-        layers = plugin_layers(trt, network)
+        plugins = record(plugin_layers(trt, network))
         config = self.builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace)
         profile = self.builder.create_optimization_profile()
@@ -418,7 +454,7 @@ class _Builder:
             atomic_write_bytes(self.cache_path, bytes(cache.serialize()))
             cache_name = self.cache_path.name
         atomic_write_bytes(plan_path, bytes(serialized))
-        return _Outcome(layers, cache_name, reused)
+        return _Outcome(plugins, cache_name, reused)
 
 
 def main(argv: list[str] | None = None) -> int:
