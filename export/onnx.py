@@ -14,6 +14,11 @@ cluster means -> logits), each verified against :class:`models.stream.TorchStage
 weights are ONNX external data pointing into ``model.onnx``, which holds the same tensors, so
 the split adds the graphs and not a second copy of the network. :class:`OnnxStages` runs them.
 
+``--fp16`` also writes the FP16 twins of these graphs (``model.fp16.onnx``,
+``model.early.fp16.onnx``, ``model.late.fp16.onnx``; :func:`export_fp16`,
+:mod:`export.fp16`): FP16 but for the clustering and the reductions, float32 in and out,
+checked against the PyTorch network the same way, for strongly typed FP16 TensorRT engines.
+
 The full-video clustering becomes one ``actrec::TemporalCluster`` node backed by a
 model-local ONNX function traced from :func:`models.clustering.temporal_cluster`, which
 TensorRT can map to the plugin of :mod:`export.plugin`. The graph, the exporter choice and
@@ -43,6 +48,7 @@ import torch
 from onnx import external_data_helper, helper, numpy_helper
 from torch import Tensor, nn
 
+from export.fp16 import FP16_TOLERANCE, fp16_name, to_fp16
 from models.bundle import (
     ONNX_EARLY_FILE,
     ONNX_FILE,
@@ -69,6 +75,7 @@ __all__ = [
     "Verification",
     "export_onnx",
     "export_network",
+    "export_fp16",
     "export_stages",
     "share_weights",
     "stage_settings",
@@ -588,6 +595,8 @@ def export_onnx(
     video: str | os.PathLike | None = None,
     tolerance: float | None = None,
     optimize: bool = True,
+    fp16: bool = False,
+    fp16_tolerance: float = FP16_TOLERANCE,
 ) -> Bundle:
     """Export a bundle's network to ``<bundle>/model.onnx``, verify it, record it.
 
@@ -605,6 +614,8 @@ def export_onnx(
         video: A real video to verify on.
         tolerance: Largest absolute output difference accepted (default 1e-3).
         optimize: Constant-fold the graph (:func:`export_network`).
+        fp16: Also write the FP16 twins (:func:`export_fp16`).
+        fp16_tolerance: Largest absolute difference accepted for them.
 
     Returns:
         The reloaded bundle, whose manifest lists ``model.onnx`` (and for a clustering
@@ -677,7 +688,56 @@ def export_onnx(
     stages = stages_for(model)
     if stages is not None and stages.clustering != "none":
         _export_stage_files(bundle, model, stages, cases, opset, optimize, tolerance)
+    if fp16:
+        export_fp16(load_bundle(bundle.path), video=video, tolerance=fp16_tolerance, model=model)
     # Reloaded, so the caller sees the manifest as JSON holds it (axis keys as strings).
+    return load_bundle(bundle.path)
+
+
+def export_fp16(
+    bundle: Bundle | str | os.PathLike,
+    *,
+    video: str | os.PathLike | None = None,
+    tolerance: float = FP16_TOLERANCE,
+    model: nn.Module | None = None,
+) -> Bundle:
+    """Write ``model.fp16.onnx`` (and, where the bundle has them, the FP16 twins of the stage
+    graphs) from the bundle's FP32 graphs by :func:`export.fp16.to_fp16`, each verified in
+    ONNX Runtime against the FP32 PyTorch network as its FP32 graph was (the same inputs)
+    and recorded with ``precision: "fp16"``, ``fp32_ops`` (what stayed FP32) and
+    ``source`` (the FP32 file). They hold their weights (no external data).
+
+    Raises:
+        BundleError: The bundle has no ``model.onnx``.
+        ExportError: A difference above ``tolerance``.
+    """
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    model = bundle.build_model() if model is None else model.eval()
+    cases = _verification_inputs(bundle.spec, video)
+    graphs: list[tuple[str, Callable[[Tensor], Tensor], list[tuple[str, Tensor]]]] = [
+        (ONNX_FILE, model, cases)
+    ]
+    if bundle.has(ONNX_EARLY_FILE) and bundle.has(ONNX_LATE_FILE):
+        stages = TorchStages(model)
+        with torch.no_grad():
+            means = [(f"{n} -> means", model.cluster(stages.early(x))) for n, x in cases]  # type: ignore[operator]
+        graphs += [(ONNX_EARLY_FILE, stages.early, cases), (ONNX_LATE_FILE, stages.late, means)]
+    for source, reference, inputs in graphs:
+        proto, kept = to_fp16(onnx.load(str(bundle.file(source))))  # external data read in
+        name = fp16_name(source)
+        results = _write_verified(
+            bundle, name, proto.SerializeToString(), inputs, reference, tolerance, label="fp16 "
+        )
+        fp32 = bundle.file_info(source)
+        info = {
+            k: v
+            for k, v in fp32.items()
+            if k not in ("sha256", "external_data", "max_abs_diff", "tolerance", "verified_on")
+        }
+        info.update(precision="fp16", fp32_ops=kept, source=source)
+        info.update(_verified_entry(results, tolerance))
+        bundle = add_bundle_file(bundle, name, **info)
     return load_bundle(bundle.path)
 
 
@@ -869,6 +929,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-optimize", action="store_true", help="skip constant folding (faster export)"
     )
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write model.fp16.onnx (FP16 but the clustering and reductions), verified",
+    )
     args = parser.parse_args(argv)
     from models.bundle import BundleError
     from video.errors import VideoError
@@ -880,11 +945,13 @@ def main(argv: list[str] | None = None) -> int:
             video=args.video,
             tolerance=args.tolerance,
             optimize=not args.no_optimize,
+            fp16=args.fp16,
         )
     except (ExportError, BundleError, VideoError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    for name in (ONNX_FILE, ONNX_EARLY_FILE, ONNX_LATE_FILE):
+    names = (ONNX_FILE, ONNX_EARLY_FILE, ONNX_LATE_FILE)
+    for name in (*names, *(fp16_name(n) for n in names)):
         if name == ONNX_FILE or bundle.has(name):
             info = bundle.file_info(name)
             print(

@@ -42,6 +42,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from export.fp16 import fp16_name
 from export.trt_compat import (
     MAX_TENSORRT,
     MIN_TENSORRT,
@@ -70,7 +71,6 @@ __all__ = [
     "INSTALL_HINT",
     "STAGE_FILES",
     "build_engine",
-    "fp16_name",
     "plugin_record",
     "prepare_for_parser",
     "profile_shapes",
@@ -117,15 +117,6 @@ def _import_tensorrt() -> Any:
             "export.trt needs a CUDA device; none is visible (TensorRT builds per GPU)"
         )
     return trt
-
-
-def fp16_name(onnx_file: str) -> str:
-    """The FP16 graph :mod:`export.onnx` writes beside ``onnx_file``.
-
-    >>> fp16_name("model.early.onnx")
-    'model.early.fp16.onnx'
-    """
-    return onnx_file.removesuffix(".onnx") + ".fp16.onnx"
 
 
 def stage_plan_name(onnx_file: str, gpu_name: str) -> str:

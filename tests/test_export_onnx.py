@@ -367,3 +367,59 @@ def test_onnx_stages_need_the_stage_graphs(tmp_path: Path) -> None:
     bundle = export_onnx(_bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4}))
     with pytest.raises(BundleError, match="no model.early.onnx"):
         OnnxStages(bundle.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# FP16 twins (model.fp16.onnx and the stage graphs'), for strongly typed FP16 TensorRT engines
+
+
+def _elem_type(value: onnx.ValueInfoProto) -> int:
+    return value.type.tensor_type.elem_type
+
+
+def test_fp16_twins_of_full_video_match_pytorch(tmp_path: Path, full_video_bundle: Bundle) -> None:
+    from export.onnx import export_fp16
+
+    bundle = export_fp16(shutil.copytree(full_video_bundle.path, tmp_path / "fv"))
+    info = bundle.file_info("model.fp16.onnx")
+    assert info["precision"] == "fp16" and info["source"] == ONNX_FILE
+    assert info["fp32_ops"] == ["ReduceMean", "actrec::TemporalCluster"]
+    assert 0 < info["max_abs_diff"] <= info["tolerance"] == 5e-2
+    assert [c["name"] for c in info["verified_on"]] == [f"spec N=2 T={t}" for t in (1, 9, 33)]
+    assert info["custom_ops"] == bundle.file_info(ONNX_FILE)["custom_ops"]
+    proto = onnx.load(bundle.path / "model.fp16.onnx")
+    graph = proto.graph
+    # The interface stays float32; the weights are FP16 but what feeds FP32 nodes.
+    assert [_elem_type(v) for v in (*graph.input, *graph.output)] == [TensorProto.FLOAT] * 2
+    floats = [t.data_type for t in graph.initializer if t.data_type in (1, TensorProto.FLOAT16)]
+    assert floats and set(floats) == {TensorProto.FLOAT16}
+    producers = {out: node for node in graph.node for out in node.output}
+    (cluster,) = [n for n in graph.node if n.op_type == CLUSTER_OP]
+    feed = producers[cluster.input[0]]
+    assert feed.op_type == "Cast" and helper.get_attribute_value(feed.attribute[0]) == 1
+    # A frame count and batch the checks never used, through a fresh session.
+    x = torch.randn(2, 3, 40, 64, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = bundle.build_model()(x)
+    got = onnx_forward(bundle.path / "model.fp16.onnx")(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=5e-2)
+    assert got.argmax(1).tolist() == expected.argmax(1).tolist()
+    # The stage graphs' twins: verified as the FP32 ones were, and self-contained.
+    for name in ("model.early.fp16.onnx", "model.late.fp16.onnx"):
+        entry = bundle.file_info(name)
+        assert entry["precision"] == "fp16" and entry["max_abs_diff"] <= 5e-2
+        assert "external_data" not in entry
+        model = onnx.load(bundle.path / name, load_external_data=False)
+        assert all(t.data_location != TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert bundle.file_info("model.late.fp16.onnx")["fp32_ops"] == ["ReduceMean"]
+
+
+def test_fp16_export_of_a_clip_family_and_its_tolerance(tmp_path: Path) -> None:
+    bundle = export_onnx(_bundle(tmp_path, "c3d_vll_tiny", {"num_classes": 4}), fp16=True)
+    fp16, fp32 = (bundle.path / f for f in ("model.fp16.onnx", "model.onnx"))
+    assert bundle.file_info("model.fp16.onnx")["max_abs_diff"] <= 5e-2
+    assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(bundle, fp16=True, fp16_tolerance=1e-9)
+    assert load_bundle(bundle.path).has("model.onnx")  # rewritten and verified in FP32
+    assert not list(bundle.path.glob("*.tmp"))
