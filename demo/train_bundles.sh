@@ -29,6 +29,7 @@ for family in ${FAMILIES:-c3d_vll attention_lstm ms3d full_video}; do
     name="$family-move4digits"
     first=() extra=()
     [ "$family" = ms3d ] && first=(--tailor true) && extra=(--tailor true --epochs 60)
+    [ "$family" = attention_lstm ] && first=(--augment false)
     start=$(date +%s)
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
     [ -f "$FIRST/$name/manifest.json" ] ||
