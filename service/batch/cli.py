@@ -205,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ray recognises files; live sources run on this machine")
     if not live and not inputs.videos:
         parser.error("nothing to recognise: give video files, folders, lists or -")
-    bundle = _bundle_path(args.model)
     try:
+        bundle = _bundle_path(args.model)
         settings = _settings(args, bundle, live)
         model = ModelStore(settings).load_one(bundle)
     except (BundleError, RepositoryError, BackendUnavailable, OSError, ValueError) as err:
@@ -222,11 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = ", ".join(sorted(output.models))
         print(f"error: {args.out} holds answers of {known}, not of {model.name}", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(
-        timeline=args.timeline,
-        window_s=args.window_s,
-        workers=args.workers,
-    )
+    options = Options(timeline=args.timeline, window_s=args.window_s, workers=args.workers)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     with output, _sigterm_as_interrupt():
         try:
