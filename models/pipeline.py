@@ -5,7 +5,8 @@
 VideoScores``. Training datasets, ``training.evaluate``, ``export.onnx``'s check on a real
 video, every service backend and the benches call these functions with a model's
 :class:`~models.spec.VariantSpec`; only the network call differs (PyTorch module, ONNX Runtime
-session, TensorRT engine).
+session, TensorRT engine). :func:`decode_sample` is ``decode_for`` + ``sample_video`` for
+samplers that pick from the frame count, decoding only the frames picked.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from models.aggregators import VideoScores, aggregate
 from models.spec import VariantSpec
 from models.tailor import tailor_chunk
 from video.augment import Augment
-from video.decode import DecodeLimits, VideoMeta, decode_video
-from video.sampling import sample_indices
+from video.decode import DecodeLimits, VideoMeta, decode_sampled, decode_video
+from video.sampling import COUNT_SAMPLERS, sample_indices
 from video.transforms import clips_to_tensor
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Prediction",
     "aggregate_outputs",
     "decode_for",
+    "decode_sample",
     "embed_video",
     "inputs_from_indices",
     "predict_frames",
@@ -65,6 +67,66 @@ def decode_for(
     """
     frames, meta = decode_video(source, size=spec.decode_hw(), limits=limits, threads=threads)
     return preprocess_frames(frames, spec), meta
+
+
+def decode_sample(
+    source: str | os.PathLike[str] | BinaryIO,
+    spec: VariantSpec,
+    *,
+    train: bool = False,
+    rng: np.random.Generator | None = None,
+    max_inputs: int = 0,
+    limits: DecodeLimits | None = None,
+    threads: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+    every: int = 64,
+) -> tuple[np.ndarray, np.ndarray, VideoMeta] | None:
+    """:func:`decode_for` then :func:`sample_video`, decoding only the frames the sampler picks
+    (:func:`video.decode.decode_sampled`: the groups of pictures holding them).
+
+    Arguments as for :func:`decode_for` and :func:`sample_video`; ``on_progress`` and
+    ``every`` as for :func:`video.decode.decode_frames_at`.
+
+    Returns:
+        ``(frames, indices, meta)``: ``frames[indices]`` is ``decoded[sample_video(decoded)]``
+        for the frames ``decoded`` that :func:`decode_for` gives, bit for bit, and ``meta``
+        its meta; ``rng`` ends as that sampling leaves it. ``None`` (``rng`` untouched) when
+        the sampler reads the pixels (``pz``), the preprocessing looks at neighbouring frames
+        (the tailor strategy), or the packets do not locate the frames: use
+        :func:`decode_for` then.
+
+    Raises:
+        video.errors.VideoError: For anything that is not a decodable video within ``limits``.
+    """
+    if spec.sampler not in COUNT_SAMPLERS or spec.tailor:
+        return None
+    state = rng.bit_generator.state if rng is not None else None
+
+    def pick(num_frames: int) -> np.ndarray:
+        return sample_indices(
+            spec.sampler,
+            num_frames,
+            train=train,
+            rng=rng,
+            max_inputs=max_inputs,
+            **spec.sampler_args(),
+        )
+
+    got = decode_sampled(
+        source,
+        pick,
+        size=spec.decode_hw(),
+        limits=limits,
+        threads=threads,
+        on_progress=on_progress,
+        every=every,
+    )
+    if got is None:
+        if rng is not None and state is not None:
+            rng.bit_generator.state = state  # as if never drawn from
+        return None
+    frames, indices, meta = got
+    return frames, np.searchsorted(np.unique(indices), indices), meta
 
 
 def preprocess_frames(

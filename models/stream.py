@@ -27,6 +27,7 @@ from models.pipeline import (
     Forward,
     Prediction,
     aggregate_outputs,
+    decode_sample,
     inputs_from_indices,
     predict_frames,
     preprocess_frames,
@@ -37,6 +38,7 @@ from video.decode import (
     DecodeLimits,
     VideoMeta,
     decode_frames_at,
+    decode_sampled,
     iter_video_chunks,
     probe_video,
 )
@@ -171,7 +173,8 @@ class _Context:
 
 
 class _Reader:
-    """Passes over one video file, chunk by chunk at the model's decode size."""
+    """Passes over one video file, chunk by chunk at the model's decode size, or (``sparse``)
+    decoding only the frames a sampler picks where that is exact (docs/decode.md)."""
 
     def __init__(
         self,
@@ -181,9 +184,11 @@ class _Reader:
         threads: int,
         chunk: int,
         cancelled: Callable[[], bool] | None,
+        sparse: bool = True,
     ) -> None:
         self.path, self.spec, self.limits = path, spec, limits
         self.threads, self.chunk, self.cancelled = threads, chunk, cancelled
+        self.sparse = sparse
         self.meta: VideoMeta | None = None
 
     def check(self, _frames: int = 0) -> None:
@@ -268,6 +273,7 @@ def recognize_video(
     window_s: float = 10.0,
     on_segment: Callable[[Segment], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    sparse: bool = True,
 ) -> StreamAnswer:
     """Recognise the video file at ``path`` in bounded memory.
 
@@ -288,6 +294,9 @@ def recognize_video(
         window_s: Seconds per timeline window for ms3d and full_video.
         on_segment: Called with each timeline segment as soon as it is known.
         cancelled: Polled between chunks; ``True`` stops the work with :class:`Cancelled`.
+        sparse: Decode only the frames the sampler picks where the answer needs no other
+            (TSM-k segments, capped clips, ms3d's second pass; no timeline) and the packets
+            locate them exactly; the answer is the same either way (docs/decode.md).
 
     Raises:
         video.errors.VideoError: The file is not a decodable video within ``limits``.
@@ -309,6 +318,7 @@ def recognize_video(
         window_s=window_s,
         on_segment=on_segment,
         cancelled=cancelled,
+        sparse=sparse,
     )
     scores = aggregate_outputs(outputs, spec, centres=centres, gamma=gamma)
     return StreamAnswer(Prediction(scores, len(outputs), outputs), meta, segments)
@@ -331,6 +341,7 @@ def stream_outputs(
     window_s: float = 10.0,
     on_segment: Callable[[Segment], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    sparse: bool = True,
 ) -> tuple[Tensor, VideoMeta, list[Segment]]:
     """The network outputs that vote (ms3d: the walk embeddings, as a repository is built
     from), the decoded video's meta and the timeline; arguments as :func:`recognize_video`."""
@@ -358,7 +369,7 @@ def stream_outputs(
     )
     # Preprocessing that looks at the next frame (tailor) needs two frames in the first chunk.
     chunk = max(chunk_frames, 2) if spec.tailor else chunk_frames
-    reader = _Reader(path, spec, limits, threads, chunk, cancelled)
+    reader = _Reader(path, spec, limits, threads, chunk, cancelled, sparse)
     ctx.reader = reader
     try:
         family = _FAMILY_PATHS[spec.sampler]
@@ -380,7 +391,12 @@ def _capped(ctx: _Context, outputs: Tensor) -> Tensor:
 
 def _consecutive(reader: _Reader, ctx: _Context) -> Tensor:
     """c3d_vll, attention_lstm: each clip becomes an input as soon as its last frame arrives;
-    only the frames of clips not yet complete are kept."""
+    only the frames of clips not yet complete are kept. Under a cap on the clips that vote,
+    only the capped clips' frames are decoded, where that is exact."""
+    if ctx.max_inputs:
+        sampled = _sampled(reader, ctx)
+        if sampled is not None:
+            return sampled
     args = ctx.spec.sampler_args()
     offsets = np.arange(int(args["clip_len"]), dtype=np.int64) * int(args.get("frame_step", 1))
     span = int(offsets[-1]) + 1
@@ -450,9 +466,11 @@ def _pz(reader: _Reader, ctx: _Context) -> Tensor:
     previous: np.ndarray | None = None
     window = _Windows(ctx, lambda frames: _pz_frames(ctx, frames))
     kept = _Kept()
+    total = 0
     for chunk in reader.frames():
         diffs.append(frame_differences(chunk, previous))
         previous = chunk[-1]
+        total += len(chunk)
         window.add(chunk)
         kept.add(chunk)
     window.finish()
@@ -460,7 +478,7 @@ def _pz(reader: _Reader, ctx: _Context) -> Tensor:
     rows = pz_walks(p, args["sizes"], int(args.get("walks", 1)))
     if ctx.max_inputs and len(rows) > ctx.max_inputs:
         rows = rows[evenly_spaced(len(rows), ctx.max_inputs)]
-    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows)
+    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows, total)
     return run_network(ctx.forward, inputs_from_indices(frames, local, ctx.spec), ctx.batch_size)
 
 
@@ -504,12 +522,30 @@ class _Kept:
         return np.concatenate(picked), np.searchsorted(needed, rows)
 
 
-def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A second pass converting only the frames ``rows`` index (the rest are decoded and
-    dropped): ``(frames, rows into them)``. With preprocessing that looks at neighbouring
-    frames (the tailor strategy), the pass reads every frame instead and keeps those."""
+def _keep_frames(
+    reader: _Reader, rows: np.ndarray, total: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A second pass decoding only the GOPs that hold the frames ``rows`` index (or, where
+    the packets do not locate frames exactly, decoding every frame and converting those):
+    ``(frames, rows into them)``. ``total`` is the first pass's frame count. With
+    preprocessing that looks at neighbouring frames (the tailor strategy), the pass reads
+    every frame instead and keeps those."""
     if reader.spec.tailor:
         return _keep_preprocessed(reader, rows)
+    local = np.searchsorted(np.unique(rows), rows)
+    if reader.sparse and total is not None:
+        got = decode_sampled(
+            reader.path,
+            lambda _count: rows,
+            size=reader.spec.decode_hw(),
+            limits=reader.limits,
+            threads=reader.threads,
+            on_progress=reader.check,
+            every=reader.chunk,
+            frame_count=total,
+        )
+        if got is not None:
+            return got[0], local
     kept, _ = decode_frames_at(
         reader.path,
         rows,
@@ -519,7 +555,7 @@ def _keep_frames(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
         on_progress=reader.check,
         every=reader.chunk,
     )
-    return kept, np.searchsorted(np.unique(rows), rows)
+    return kept, local
 
 
 def _keep_preprocessed(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -543,7 +579,11 @@ def _keep_preprocessed(reader: _Reader, rows: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _uniform(reader: _Reader, ctx: _Context) -> Tensor:
-    """TSM-k: pass 1 counts the frames, pass 2 keeps the k segment centres."""
+    """TSM-k: only the k segment centres are decoded, where that is exact; else pass 1
+    counts the frames, pass 2 keeps the k segment centres."""
+    sampled = _sampled(reader, ctx)
+    if sampled is not None:
+        return sampled
     total = 0
     window = _Windows(ctx, lambda frames: _in_memory(ctx, frames))
     kept = _Kept()
@@ -553,8 +593,31 @@ def _uniform(reader: _Reader, ctx: _Context) -> Tensor:
         kept.add(chunk)
     window.finish()
     rows = uniform_segments(total, int(ctx.spec.sampler_args()["num_segments"]))[None, :]
-    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows)
+    frames, local = kept.pick(rows) if kept.whole else _keep_frames(reader, rows, total)
     return run_network(ctx.forward, inputs_from_indices(frames, local, ctx.spec), ctx.batch_size)
+
+
+def _sampled(reader: _Reader, ctx: _Context) -> Tensor | None:
+    """The outputs of the inputs the sampler picks, from only the frames they need
+    (:func:`models.pipeline.decode_sample`); ``None`` where that does not apply: sparse
+    decoding off, a timeline (its windows see every frame), or packets that do not locate
+    the frames exactly."""
+    if not reader.sparse or ctx.timeline:
+        return None
+    got = decode_sample(
+        reader.path,
+        ctx.spec,
+        max_inputs=ctx.max_inputs,
+        limits=reader.limits,
+        threads=reader.threads,
+        on_progress=reader.check,
+        every=reader.chunk,
+    )
+    if got is None:
+        return None
+    frames, indices, reader.meta = got
+    inputs = inputs_from_indices(frames, indices, ctx.spec)
+    return run_network(ctx.forward, inputs, ctx.batch_size)
 
 
 def _in_memory(ctx: _Context, frames: np.ndarray) -> Tensor:

@@ -9,6 +9,9 @@ resize happens in the same swscale pass as the YUV->RGB conversion.
 * :func:`decode_video` returns every frame and :class:`VideoMeta` for what was decoded.
 * :func:`iter_video_chunks` yields the same frames in chunks, so a long video never sits in
   memory whole.
+* :func:`index_video` locates the frames from the packets alone (no decoding), and
+  :func:`decode_frames_at` given that index decodes only the groups of pictures holding the
+  frames it is asked for, returning exactly what a full decode returns.
 
 Every problem with the input is a :class:`video.errors.VideoError` subclass, never a bare
 FFmpeg error; a bad argument raises ``ValueError`` / ``TypeError`` and a path that cannot be
@@ -27,8 +30,8 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
-from typing import IO, Protocol
+from dataclasses import dataclass, field
+from typing import IO, Protocol, cast
 
 import av
 import numpy as np
@@ -46,9 +49,12 @@ from video.errors import (
 
 __all__ = [
     "DecodeLimits",
+    "FrameIndex",
     "VideoMeta",
     "decode_frames_at",
+    "decode_sampled",
     "decode_video",
+    "index_video",
     "iter_video_chunks",
     "probe_video",
 ]
@@ -90,6 +96,19 @@ _GROWTH = 1.5
 _MAX_FPS = 1000.0
 # Tolerance for float comparisons of durations (seconds).
 _EPS = 1e-6
+
+# Codecs decoded sparsely: one packet holds one shown frame, and a frame needs only the
+# packets since its keyframe (in an open GOP, since the keyframe before). Others decode in full.
+_SPARSE_CODECS = frozenset({"h264", "hevc", "av1", "libdav1d", "vp9", "mpeg2video", "mjpeg"})
+# Demuxers that seek through an index of keyframes; the others (MPEG-PS/TS, raw streams)
+# search by bisection and land imprecisely, so the sparse decode demuxes through instead.
+_INDEXED_DEMUXERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
+# A sparse plan decoding more than this share of the packets decodes them all instead.
+_SPARSE_MAX_SHARE = 0.8
+# Gaps of more packets than this are crossed by seeking; shorter ones by demuxing through.
+_SEEK_GAP = 32
+# H.264 NAL unit types of coded slices (non-IDR, IDR); their header carries nal_ref_idc.
+_H264_SLICES = frozenset({1, 5})
 
 # Demuxers for video containers and raw video elementary streams. Anything else (playlists,
 # concat lists, subtitles...) fails to open: playlist-like demuxers open further files or
@@ -247,6 +266,44 @@ class _Header:
     codec: str
 
 
+@dataclass(frozen=True, eq=False)
+class _Packets:
+    """A video stream's packets in decode order, as demuxing found them (never written)."""
+
+    pts: np.ndarray  # int64 presentation timestamps, stream time base
+    key: np.ndarray  # bool: decoding may start here
+    shown: np.ndarray  # bool: gives an output frame (not an edit-list discard)
+    nonref: np.ndarray  # bool: an H.264 non-reference picture, which no other frame needs
+    duration: np.ndarray  # int64 durations, 0 when unknown
+    display: np.ndarray  # positions of the shown packets in presentation order (frame i's)
+    t_end: float  # the decoded time span a full decode measures (seconds)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameIndex:
+    """A video stream's frames located from its packets, without decoding any.
+
+    :func:`index_video` makes it; :func:`decode_frames_at` takes it to decode only the groups
+    of pictures (GOPs) holding the frames it is asked for.
+
+    Attributes:
+        frame_count: Frames the packets hold: what a full decode returns when every packet
+            decodes to one frame, as the sparse decode checks for each packet it decodes.
+        keyframes: Packets decoding can start from.
+        exact: Whether frames can be located from the packets; when false,
+            :func:`decode_frames_at` decodes every frame.
+        reason: Why not, when ``exact`` is false (``""`` otherwise).
+        meta: The :class:`VideoMeta` a full decode reports, from the packets' timestamps.
+    """
+
+    frame_count: int
+    keyframes: int
+    exact: bool
+    reason: str
+    meta: VideoMeta
+    packets: _Packets = field(repr=False)
+
+
 @dataclass
 class _Progress:
     """Running counts of one decode, read after the frames to judge and describe it."""
@@ -276,9 +333,8 @@ def probe_video(src: Source, *, limits: DecodeLimits | None = None) -> VideoMeta
         VideoError: A subclass naming what is wrong with the input or which limit it breaks.
     """
     limits = limits or DecodeLimits()
-    with _open_video(src, limits, threads=1) as (_container, stream):
-        header = _read_header(stream)
-        _check_declared_limits(header, limits)
+    with _open_video(src, limits, threads=1) as (_container, _stream, header):
+        pass  # opening reads the header and checks it: all a probe does
     frames = header.expected_frames or 0
     duration = header.declared_duration_s
     if duration is None:
@@ -291,6 +347,28 @@ def probe_video(src: Source, *, limits: DecodeLimits | None = None) -> VideoMeta
         height=header.height,
         codec=header.codec,
     )
+
+
+def index_video(src: Source, *, limits: DecodeLimits | None = None) -> FrameIndex:
+    """Locate a video's frames by demuxing its packets, decoding none (it reads the file once).
+
+    Args:
+        src: A path, or a binary file object read from its current position; hand
+            :func:`decode_frames_at` the object back at that same position.
+        limits: Bounds checked against the size and the declared metadata, as for
+            :func:`probe_video` (:func:`decode_sampled` checks the rest).
+
+    Returns:
+        The :class:`FrameIndex`. A stream whose frames the packets do not locate for certain
+        (a codec outside the sparse set, missing or repeated timestamps, a damaged or cut
+        container...) gives ``exact=False`` and the reason; such videos decode in full.
+
+    Raises:
+        VideoError: A subclass naming what is wrong with the input or which limit it breaks.
+    """
+    limits = limits or DecodeLimits()
+    with _open_video(src, limits, threads=1) as (container, stream, header):
+        return _index_packets(container, stream, header)
 
 
 def decode_video(
@@ -319,9 +397,7 @@ def decode_video(
     """
     limits = limits or DecodeLimits()
     size = _check_args(size, threads)
-    with _open_video(src, limits, threads) as (container, stream):
-        header = _read_header(stream)
-        _check_declared_limits(header, limits)
+    with _open_video(src, limits, threads) as (container, stream, header):
         progress = _Progress()
         out: np.ndarray | None = None
         for i, rgb in enumerate(_decode_rgb(container, stream, header, size, limits, progress)):
@@ -390,9 +466,7 @@ def _iter_chunks(
     threads: int,
     on_meta: Callable[[VideoMeta], None] | None = None,
 ) -> Generator[np.ndarray, None, None]:
-    with _open_video(src, limits, threads) as (container, stream):
-        header = _read_header(stream)
-        _check_declared_limits(header, limits)
+    with _open_video(src, limits, threads) as (container, stream, header):
         progress = _Progress()
         chunk: np.ndarray | None = None
         filled = 0
@@ -426,7 +500,7 @@ def decode_frames_at(
 
     Every frame is decoded and checked as :func:`decode_video` does (so the same videos are
     refused), but only the wanted ones are resized and converted to RGB, which is most of a
-    decode's cost at small output sizes.
+    decode's cost at small output sizes. :func:`decode_sampled` decodes fewer frames.
 
     Args:
         src: A path or binary file object, as for :func:`decode_video`.
@@ -446,9 +520,7 @@ def decode_frames_at(
     size = _check_args(size, threads)
     wanted = np.unique(np.asarray(indices, dtype=np.int64))
     picked: list[np.ndarray] = []
-    with _open_video(src, limits, threads) as (container, stream):
-        header = _read_header(stream)
-        _check_declared_limits(header, limits)
+    with _open_video(src, limits, threads) as (container, stream, header):
         progress = _Progress()
         convert = _Converter(size)
         for frame in _decode_frames(container, stream, header, limits, progress):
@@ -464,6 +536,88 @@ def decode_frames_at(
     if not picked:
         raise ValueError(f"no frame at {wanted[:5].tolist()}: the video has {progress.frames}")
     return np.stack(picked), _meta(progress, header)
+
+
+def decode_sampled(
+    src: Source,
+    pick: Callable[[int], np.ndarray],
+    *,
+    size: tuple[int, int] | None = None,
+    limits: DecodeLimits | None = None,
+    threads: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+    every: int = 64,
+    frame_count: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, VideoMeta] | None:
+    """Decode only the frames ``pick(T)`` names, ``T`` being the video's frame count.
+
+    The packets are demuxed first (cheap) to count the frames and find the keyframes, then
+    only the groups of pictures (GOPs) holding wanted frames are decoded: from the keyframe
+    before each (for a leading picture of an open GOP, the keyframe before that), forward,
+    skipping H.264 non-reference pictures nobody asked for, dropping the rest, the decoder
+    flushed between GOPs that do not touch. Every packet decoded is checked against the
+    index; anything it did not predict, or a plan that would decode most packets anyway,
+    falls back to decoding every frame (:func:`decode_frames_at`). The answer is always
+    :func:`decode_video`'s frames at ``pick(T)`` with its ``T``. docs/decode.md#sparse-decoding.
+
+    Args:
+        src: A path or a seekable binary file object (read from its current position).
+        pick: The sampler: frame count -> wanted indices in ``[0, T)``, any shape, repeats
+            allowed. Called once, with the count a full decode gives.
+        size: ``(height, width)`` of the output frames, as for :func:`decode_video`.
+        limits: Bounds, as for :func:`decode_video`: bytes and the declared metadata when
+            opening, frames and duration on the packets, pixels on the header and on every
+            decoded frame.
+        threads: Decoder threads, as for :func:`decode_video`.
+        on_progress: Called with the number of frames decoded so far every ``every`` frames.
+        every: Frames between two ``on_progress`` calls.
+        frame_count: The count a full decode of ``src`` gave, when known (e.g. from a first
+            pass): packets counting otherwise are not trusted.
+
+    Returns:
+        ``(frames, indices, meta)``: ``indices`` is ``pick(T)`` as int64, ``frames[i]`` is
+        frame ``np.unique(indices)[i]`` and ``meta`` is :func:`decode_video`'s. ``None``
+        when the packets do not locate the frames for certain (see :func:`index_video`),
+        for a non-seekable file object, or when a full decode counts other than the
+        packets: decode every frame then.
+
+    Raises:
+        VideoError: As for :func:`decode_video`.
+        ValueError: Bad arguments, or ``pick`` naming a frame outside ``[0, T)``.
+    """
+    limits = limits or DecodeLimits()
+    size = _check_args(size, threads)
+    if not isinstance(src, (str, os.PathLike)) and not _is_seekable(src):
+        return None
+    mark = None if isinstance(src, (str, os.PathLike)) else src.tell()
+    frames: np.ndarray | None = None
+    with _open_video(src, limits, threads) as (container, stream, header):
+        index = _index_packets(container, stream, header)
+        if not index.exact or frame_count not in (None, index.frame_count):
+            return None
+        indices = np.asarray(pick(index.frame_count), dtype=np.int64)
+        wanted = np.unique(indices)
+        if not len(wanted) or wanted[0] < 0 or wanted[-1] >= index.frame_count:
+            raise ValueError(f"pick({index.frame_count}) named frames outside the video")
+        plan = _sparse_plan(index, wanted, limits)
+        if plan is not None:
+            try:
+                decoder = _SpanDecoder(container, stream, header, index.packets, wanted, size)
+                for first, last in plan:
+                    decoder.span(first, last, on_progress, every)
+                frames = decoder.frames()
+            except _NotExact as why:
+                _log.info("sparse decode falls back to decoding every frame: %s", why)
+    if frames is not None:
+        return frames, indices, index.meta
+    if mark is not None:
+        cast(BinaryFile, src).seek(mark)
+    frames, meta = decode_frames_at(
+        src, wanted, size=size, limits=limits, threads=threads, on_progress=on_progress, every=every
+    )
+    if meta.frame_count != index.frame_count:
+        return None  # the picks were made for the packets' count, not the decoded one
+    return frames, indices, meta
 
 
 def _check_args(size: tuple[int, int] | None, threads: int) -> tuple[int, int] | None:
@@ -486,8 +640,9 @@ def _check_args(size: tuple[int, int] | None, threads: int) -> tuple[int, int] |
 @contextlib.contextmanager
 def _open_video(
     src: Source, limits: DecodeLimits, threads: int
-) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
-    """Open ``src`` with every check that needs no decoding; closes everything it opened."""
+) -> Iterator[tuple[av.container.InputContainer, av.VideoStream, _Header]]:
+    """Open ``src`` with every check that needs no decoding (the declared metadata against
+    ``limits`` included); closes everything it opened."""
     with contextlib.ExitStack() as stack:
         target, nbytes = _prepare_input(src, limits, stack)
         if nbytes == 0:
@@ -509,7 +664,9 @@ def _open_video(
             stream = _select_stream(container)
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = min(threads, _MAX_THREADS)
-            yield container, stream
+            header = _read_header(stream)
+            _check_declared_limits(header, limits)
+            yield container, stream, header
 
 
 def _prepare_input(
@@ -767,17 +924,7 @@ def _decode_frames(
     progress: _Progress,
 ) -> Iterator[av.VideoFrame]:
     """Yield each decoded frame as FFmpeg gives it, counting and checking as it goes."""
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.FFmpegError as exc:
-            # The demuxer cannot go on; what decoded so far is judged afterwards.
-            progress.demux_error = exc
-            _note_error(progress, exc)
-            break
+    for packet in _demux(container, stream, progress):
         if packet.size:
             progress.packets += 1
         try:
@@ -791,6 +938,24 @@ def _decode_frames(
             progress.corrupt_frames += frame.is_corrupt
             _check_frame_limits(frame, header, limits, progress)
             yield frame
+
+
+def _demux(
+    container: av.container.InputContainer, stream: av.VideoStream, progress: _Progress
+) -> Iterator[av.Packet]:
+    """The stream's packets, up to the end or to a demuxer error: the demuxer cannot go on,
+    the error is noted in ``progress`` and what came before is judged afterwards."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            progress.demux_error = exc
+            _note_error(progress, exc)
+            return
+        yield packet
 
 
 def _write_rgb(frame: av.VideoFrame, dst: np.ndarray) -> None:
@@ -823,12 +988,18 @@ def _check_frame_limits(
         )
     if limits.max_pixels is not None:
         _check_pixels(frame.width, frame.height, limits.max_pixels, "has a frame of")
-    start = frame.time
+    step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+    _extend_time(progress, frame.time, step, header, limits)
+
+
+def _extend_time(
+    progress: _Progress, start: float | None, step: float, header: _Header, limits: DecodeLimits
+) -> None:
+    """Stretch the decoded time span by the frame just counted (``start`` s, ``step`` s long)."""
     if start is None:
         start = (progress.frames - 1) / header.fps if header.fps else 0.0
     if progress.t_first is None:
         progress.t_first = start
-    step = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
     if step <= 0 and header.fps:
         step = 1.0 / header.fps
     progress.t_end = max(progress.t_end, start - progress.t_first + step)
@@ -889,3 +1060,316 @@ def _meta(progress: _Progress, header: _Header) -> VideoMeta:
         height=header.height,
         codec=header.codec,
     )
+
+
+# ----------------------------------------------------------------------------- sparse decoding
+
+_NO_LIMITS = DecodeLimits()
+
+
+class _NotExact(Exception):
+    """The sparse decode met something its index did not predict: decode in full instead."""
+
+
+def _index_packets(
+    container: av.container.InputContainer, stream: av.VideoStream, header: _Header
+) -> FrameIndex:
+    """Demux every packet of ``stream`` (no decoding) into a :class:`FrameIndex`."""
+    pts: list[int | None] = []
+    key: list[bool] = []
+    shown: list[bool] = []
+    nonref: list[bool] = []
+    duration: list[int] = []
+    corrupt = False
+    scan = _Progress()
+    length_size = _avcc_length_size(stream) if header.codec == "h264" else None
+    for packet in _demux(container, stream, scan):
+        if not packet.size:
+            continue
+        pts.append(packet.pts)
+        key.append(packet.is_keyframe)
+        shown.append(not packet.is_discard)
+        nonref.append(length_size is not None and _h264_nonref(packet, length_size))
+        duration.append(packet.duration or 0)
+        corrupt |= packet.is_corrupt
+    known = np.array([p if p is not None else 0 for p in pts], dtype=np.int64)
+    shown_at = np.flatnonzero(np.array(shown, dtype=bool))
+    display = shown_at[np.argsort(known[shown_at], kind="stable")]
+    time_base = stream.time_base
+    progress = _Progress(packets=len(pts))
+    for pos in display.tolist():
+        progress.frames += 1
+        p, d = pts[pos], duration[pos]
+        start = None
+        if p is not None and time_base is not None:
+            start = float(p) * time_base.numerator / time_base.denominator
+        step = float(d * time_base) if d and time_base is not None else 0.0
+        _extend_time(progress, start, step, header, _NO_LIMITS)
+    table = _Packets(
+        pts=known,
+        key=np.array(key, dtype=bool),
+        shown=np.array(shown, dtype=bool),
+        nonref=np.array(nonref, dtype=bool),
+        duration=np.array(duration, dtype=np.int64),
+        display=display,
+        t_end=progress.t_end,
+    )
+    reason = _inexact_reason(table, pts, header, scan.demux_error, corrupt)
+    return FrameIndex(
+        frame_count=len(display),
+        keyframes=int(table.key.sum()),
+        exact=not reason,
+        reason=reason,
+        meta=_meta(progress, header),
+        packets=table,
+    )
+
+
+def _inexact_reason(
+    table: _Packets,
+    pts: list[int | None],
+    header: _Header,
+    demux_error: av.FFmpegError | None,
+    corrupt: bool,
+) -> str:
+    """Why the packets do not locate the frames a full decode returns ("" when they do)."""
+    if demux_error is not None:
+        return f"demuxing failed ({type(demux_error).__name__}: {demux_error})"
+    if header.codec not in _SPARSE_CODECS:
+        return f"{header.codec} is always decoded in full"
+    frames = len(table.display)
+    if frames < 2:
+        return f"the stream holds {frames} frame(s)"
+    if corrupt:
+        return "the demuxer flags a packet as corrupt"
+    if any(p is None for p in pts):
+        return "a packet has no timestamp"
+    if len(np.unique(table.pts)) < len(table.pts):
+        return "two packets share a timestamp"
+    if not table.key[0] or table.pts[table.display[0]] < table.pts[0]:
+        return "the stream does not start at a keyframe shown first"
+    expected = max(header.expected_frames or 0, len(table.pts))
+    if frames < _MIN_DECODED_FRACTION * expected:
+        # A full decode refuses this; let it say why.
+        return f"the packets hold {frames} frames of {expected} expected"
+    return ""
+
+
+def _avcc_length_size(stream: av.VideoStream) -> int | None:
+    """Bytes of the NAL unit length prefix of length-framed (MP4/MKV) H.264, else ``None``."""
+    extra = stream.codec_context.extradata
+    if extra is None or len(extra) < 5 or extra[0] != 1:
+        return None  # Annex B start codes (e.g. MPEG-TS): no non-reference skipping
+    return (extra[4] & 3) + 1
+
+
+def _h264_nonref(packet: av.Packet, length_size: int) -> bool:
+    """Whether a length-framed H.264 access unit is a non-reference picture: its first
+    slice's ``nal_ref_idc`` is 0 (the same for every slice of a picture)."""
+    data = memoryview(packet)
+    at, end = 0, len(data)
+    while at + length_size < end:
+        size = int.from_bytes(data[at : at + length_size], "big")
+        head = data[at + length_size]
+        if head & 0x1F in _H264_SLICES:
+            return head & 0x60 == 0
+        at += length_size + size
+    return False
+
+
+def _sparse_plan(
+    index: FrameIndex, wanted: np.ndarray, limits: DecodeLimits
+) -> list[tuple[int, int]] | None:
+    """The spans to decode for ``wanted``, or ``None`` when decoding every frame is the
+    better plan, or the one that raises what the video breaks (a frame or duration limit)."""
+    table = index.packets
+    if limits.max_frames is not None and index.frame_count > limits.max_frames:
+        return None
+    if limits.max_duration_s is not None and table.t_end > limits.max_duration_s + _EPS:
+        return None
+    spans, cost = _plan(table, wanted)
+    return spans if cost <= _SPARSE_MAX_SHARE * len(table.pts) else None
+
+
+def _plan(table: _Packets, wanted: np.ndarray) -> tuple[list[tuple[int, int]], int]:
+    """Spans ``(first, last)`` of packet positions (decode order) whose decoding gives the
+    ``wanted`` frames, and the packets they decode.
+
+    A span starts at the keyframe before its first wanted frame; a leading picture of an
+    open GOP (shown before its keyframe, so it may reference the GOP before) starts one GOP
+    earlier. Spans that touch are merged, so the decoder is flushed only between gaps.
+    """
+    target = table.display[wanted]
+    keys = np.flatnonzero(table.key)
+    gop = np.searchsorted(keys, target, side="right") - 1
+    leading = table.pts[target] < table.pts[keys[gop]]
+    gop = np.maximum(gop - leading.astype(np.int64), 0)
+    spans: list[tuple[int, int]] = []
+    for first, last in sorted(zip(keys[gop].tolist(), target.tolist())):
+        if spans and first <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], last))
+        else:
+            spans.append((first, last))
+    decoded = np.zeros(len(table.pts), dtype=bool)
+    for first, last in spans:
+        decoded[first : last + 1] = True
+    decoded[_skipped(table, target)] = False
+    return spans, int(decoded.sum())
+
+
+def _skipped(table: _Packets, target: np.ndarray) -> np.ndarray:
+    """Packets the decoder is told to skip: non-reference pictures nobody asked for."""
+    skip = table.nonref.copy()
+    skip[target] = False
+    return skip
+
+
+class _SpanDecoder:
+    """Decodes the spans of a plan in order on one open container, checking every frame
+    against the index; raises :class:`_NotExact` at the first surprise."""
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        header: _Header,
+        table: _Packets,
+        wanted: np.ndarray,
+        size: tuple[int, int] | None,
+    ) -> None:
+        self.container, self.stream, self.header, self.table = container, stream, header, table
+        target = table.display[wanted]
+        self.slot = {int(table.pts[pos]): k for k, pos in enumerate(target.tolist())}
+        self.skip = _skipped(table, target)
+        self.position = {int(p): pos for pos, p in enumerate(table.pts.tolist())}
+        self.keys = np.flatnonzero(table.key)
+        self.convert = _Converter(size)
+        self.wanted = wanted
+        self.out: np.ndarray | None = None
+        self.filled = 0
+        self.decoded = 0
+        self.packets = container.demux(stream)
+        self.next_pos: int | None = None  # position of the next packet demuxed; None: unknown
+        # Indexing read the stream to its end: go back by timestamp where the demuxer seeks
+        # through an index (at each span), else to the first byte, to demux through.
+        self.seeks = not _INDEXED_DEMUXERS.isdisjoint(container.format.name.split(","))
+        if not self.seeks:
+            self._seek(0, byte=True)
+
+    def span(
+        self, first: int, last: int, on_progress: Callable[[int], None] | None, every: int
+    ) -> None:
+        """Decode packets ``first..last`` (``first`` a keyframe), then drain the decoder."""
+        table, codec = self.table, self.stream.codec_context
+        if self.seeks and (self.next_pos is None or first - self.next_pos > _SEEK_GAP):
+            # To the keyframe at or before the span's; where it landed is checked below.
+            self._seek(int(table.pts[first]))
+        codec.flush_buffers()
+        # Frames that must come out: every shown packet of the span but the skipped ones and
+        # the leading pictures of its first GOP (their references precede the span).
+        after = self.keys[np.searchsorted(self.keys, first, side="right") :]
+        gop_end = int(after[0]) if len(after) else len(table.pts)
+        members = range(first, last + 1)
+        required = {
+            int(table.pts[pos])
+            for pos in members
+            if table.shown[pos]
+            and not self.skip[pos]
+            and not (pos < gop_end and table.pts[pos] < table.pts[first])
+        }
+        allowed = {int(table.pts[pos]) for pos in members if table.shown[pos]}
+        seen: list[int] = []
+        while self.next_pos is None or self.next_pos <= last:
+            packet, pos = self._next_packet(first)
+            if pos < first:
+                continue  # the seek landed on an earlier keyframe: demux up to ours
+            codec.skip_frame = "NONREF" if self.skip[pos] else "DEFAULT"
+            for frame in self._decode(packet):
+                self._take(frame, allowed, required, seen, on_progress, every)
+        codec.skip_frame = "DEFAULT"
+        for frame in self._decode(None):
+            self._take(frame, allowed, required, seen, on_progress, every)
+        missing = required.difference(seen)
+        if missing:
+            raise _NotExact(f"{len(missing)} packet(s) from pts {min(missing)} gave no frame")
+
+    def frames(self) -> np.ndarray:
+        if self.out is None or self.filled != len(self.wanted):
+            raise _NotExact(f"{self.filled} of {len(self.wanted)} wanted frames decoded")
+        return self.out
+
+    def _seek(self, offset: int, *, byte: bool = False) -> None:
+        try:
+            if byte:
+                self.container.seek(offset, unsupported_byte_offset=True)
+            else:
+                self.container.seek(offset, stream=self.stream)
+        except av.FFmpegError as exc:
+            raise _NotExact(f"seeking failed: {exc}") from exc
+        self.packets = self.container.demux(self.stream)
+        self.next_pos = None
+
+    def _next_packet(self, first: int) -> tuple[av.Packet, int]:
+        """The next packet and its position, checked against the index."""
+        while True:
+            try:
+                packet = next(self.packets)
+            except StopIteration:
+                raise _NotExact("the stream ended before the index said") from None
+            except av.FFmpegError as exc:
+                raise _NotExact(f"demuxing failed: {exc}") from exc
+            if packet.size:
+                break
+        pos = self.next_pos
+        if pos is None:  # just after a seek: place the packet by its timestamp
+            pos = self.position.get(packet.pts, -1) if packet.pts is not None else -1
+            if pos < 0 or pos > first:
+                raise _NotExact(f"seeking to packet {first} landed on an unknown or later one")
+        if pos >= len(self.table.pts) or packet.pts != self.table.pts[pos]:
+            raise _NotExact(f"packet {pos} has pts {packet.pts}, the index says otherwise")
+        self.next_pos = pos + 1
+        return packet, pos
+
+    def _decode(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+        try:
+            return self.stream.codec_context.decode(packet)
+        except av.FFmpegError as exc:
+            raise _NotExact(f"the decoder refused a packet: {exc}") from exc
+
+    def _take(
+        self,
+        frame: av.VideoFrame,
+        allowed: set[int],
+        required: set[int],
+        seen: list[int],
+        on_progress: Callable[[int], None] | None,
+        every: int,
+    ) -> None:
+        """Check one decoded frame against the index; convert it when it is wanted."""
+        self.decoded += 1
+        if on_progress is not None and self.decoded % every == 0:
+            on_progress(self.decoded)
+        pts = frame.pts
+        if pts is None or pts not in allowed:
+            raise _NotExact(f"a frame with pts {pts} is not in the span decoded")
+        if pts not in required:
+            return  # a skipped or unreferenced leading picture that came out anyway
+        if seen and pts <= seen[-1]:
+            raise _NotExact(f"frames came out of presentation order (pts {pts})")
+        seen.append(pts)
+        slot = self.slot.get(pts)
+        if slot is None:
+            return
+        pos = self.position[pts]
+        if frame.is_corrupt or (frame.width, frame.height) != (
+            self.header.width,
+            self.header.height,
+        ):
+            raise _NotExact(f"frame {self.wanted[slot]} is damaged or not at the stream's size")
+        if (frame.duration or 0) != self.table.duration[pos]:
+            raise _NotExact(f"frame {self.wanted[slot]} lasts otherwise than its packet")
+        rgb = self.convert(frame, int(self.wanted[slot]))
+        if self.out is None:
+            self.out = np.empty((len(self.wanted), *_frame_shape(rgb)), dtype=np.uint8)
+        _write_rgb(rgb, self.out[slot])
+        self.filled += 1

@@ -11,6 +11,9 @@ Every sampler is a pure function returning ``int64`` frame indices. The dispatch
   ``p(z)`` into slow / mid / fast pathways.
 * ``all`` -- the full_video family: every frame.
 
+All but ``pz`` pick from the frame count alone (:data:`COUNT_SAMPLERS`), so their indices
+can be chosen before any frame is decoded, and only the picked frames decoded.
+
 Padding of short videos and the rounding of evenly spaced positions: docs/data.md#samplers.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "COUNT_SAMPLERS",
     "SAMPLERS",
     "all_frames",
     "consecutive_clips",
@@ -328,9 +332,13 @@ SAMPLERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+# Samplers that read only the number of frames, never their pixels.
+COUNT_SAMPLERS = frozenset({"consecutive", "uniform", "all"})
+
+
 def sample_indices(
     name: str,
-    frames: np.ndarray,
+    frames: np.ndarray | int,
     *,
     train: bool = False,
     rng: np.random.Generator | None = None,
@@ -343,7 +351,8 @@ def sample_indices(
         name: ``"consecutive"`` (``clip_len``, ``stride``, ``frame_step``), ``"uniform"``
             (``num_segments``), ``"pz"`` (``sizes=(7, 17, 25)``, ``walks=1``,
             ``floor=1e-3``; seed 0 when ``rng`` is ``None``) or ``"all"`` (``min_frames``).
-        frames: ``(T, H, W, C)`` decoded frames; only ``pz`` looks at the pixels.
+        frames: ``(T, H, W, C)`` decoded frames, or just ``T`` for a sampler in
+            :data:`COUNT_SAMPLERS` (every one but ``pz``, which looks at the pixels).
         train: Training-time randomness where the sampler has any (``uniform``).
         rng: Random generator for ``uniform`` (training) and ``pz``.
         max_inputs: Keep at most this many rows, evenly spaced (0: all), e.g. the cap on
@@ -356,11 +365,16 @@ def sample_indices(
     Raises:
         KeyError: For an unknown sampler name.
         TypeError: For an argument the sampler does not take.
+        ValueError: For a video without frames, or a count given to ``pz``.
     """
     try:
         sampler = SAMPLERS[name]
     except KeyError:
         raise KeyError(f"unknown sampler {name!r}; known: {', '.join(sorted(SAMPLERS))}") from None
+    if isinstance(frames, (int, np.integer)):
+        if name not in COUNT_SAMPLERS:
+            raise ValueError(f"the {name!r} sampler reads the pixels: pass the frames, not a count")
+        frames = np.empty((int(frames), 0), dtype=np.uint8)  # the count is all it reads
     if len(frames) < 1:
         raise ValueError("cannot sample from a video with no frames")
     indices = np.asarray(sampler(frames, train=train, rng=rng, **kwargs), dtype=np.int64)
