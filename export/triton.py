@@ -18,7 +18,7 @@
 Each ``config.pbtxt`` is Triton's model configuration in protobuf text format
 (``model_config.proto``; tests parse them with the protobuf ``tritonclient`` ships). The
 Python backend imports this project: the server's image must have it installed (recipe:
-docker/triton/). Layout and limits: docs/export.md#triton-inference-server.
+docker/Dockerfile.tritonserver). Layout and limits: docs/export.md#triton-inference-server.
 """
 
 from __future__ import annotations
