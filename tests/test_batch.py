@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -356,7 +357,9 @@ def server(tmp_path: Path) -> Iterator[_Server]:
 
 def test_url_sources_and_a_stream_that_breaks(c3d: str, tmp_path: Path, server: _Server) -> None:
     ok, cut = f"{server.url}/ok.mkv", f"{server.url}/cut.mkv"
-    refused = "http://127.0.0.1:9/nothing.mkv"  # the discard port: nothing listens
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{probe.getsockname()[1]}/nothing.mkv"
     out = tmp_path / "out.jsonl"
     status = _run("--model", c3d, ok, cut, refused, "--stream-timeout", "5", "--out", str(out))
     assert status == 1  # a source ended in an error
