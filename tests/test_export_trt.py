@@ -39,6 +39,8 @@ from models.clustering import temporal_cluster
 from models.stream import CHUNK_FRAMES, TorchStages
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("ACTREC_REQUIRE_TRITON"):  # CI (.ci/run): the CPU Triton tests must run
+    importlib.import_module("triton")
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_tensorrt = pytest.mark.skipif(

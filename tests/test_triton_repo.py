@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -28,6 +29,8 @@ from models.aggregators import topk
 from models.bundle import Bundle, add_bundle_file, write_bundle
 from models.stream import TorchStages, recognize_video
 
+if os.environ.get("ACTREC_REQUIRE_TRITONCLIENT"):  # CI (.ci/run): missing fails, not skips
+    importlib.import_module("tritonclient.grpc.model_config_pb2")
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="pip install 'tritonclient[grpc]==2.73.0'"
 )
