@@ -148,6 +148,14 @@ def plugin_layers(trt: Any, network: Any) -> list[dict[str, str]]:
 
 def _plugin_id(trt: Any, layer: Any) -> str:
     # A V3 layer's plugin names itself through its core capability; a V2 plugin directly.
+    # network.get_layer returns the base ILayer: its class is set to the plugin layer's to
+    # reach get_plugin, as TensorRT's Python samples do for typed layers.
+    layer_class = getattr(trt, "IPluginV3Layer", None)
+    if layer_class is not None and layer.type == getattr(trt.LayerType, "PLUGIN_V3", None):
+        try:
+            layer.__class__ = layer_class
+        except TypeError:
+            pass
     getter = getattr(layer, "get_plugin", None)
     plugin = getter() if getter is not None else getattr(layer, "plugin", None)
     if plugin is None:
