@@ -295,10 +295,22 @@ def check_onnxruntime(check: Check, variants: list[tuple[str, str]]) -> None:
     ready, why = _ort_cuda_ready()
     if not ready:
         install = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "onnxruntime-gpu"],
+            # Short retries: where no registry is reachable this fails in seconds.
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--retries",
+                "1",
+                "--timeout",
+                "15",
+                "onnxruntime-gpu",
+            ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=180,
             check=False,
         )
         tail = (install.stderr.strip().splitlines() or ["no output"])[-1][:200]
