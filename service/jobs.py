@@ -232,7 +232,11 @@ def recognize_job(
     if not isinstance(task, RecognitionTask):
         task = RecognitionTask(Path(task))
     batcher = queue.batcher(
-        model.name, model.backend, model.backend.forward, _batch_observer(metrics, model.name)
+        model.name,
+        model.backend,
+        model.backend.forward,
+        _batch_observer(metrics, model.name),
+        max_rows=model.forward_cap(settings.max_batch_inputs),
     )
     with (
         _decoding(model, queue, metrics, [task.path], task.waiting) as network,

@@ -162,10 +162,12 @@ class WorkQueue:
         network: object,
         forward: Callable[[Tensor], Tensor],
         observe: BatchObserver | None = None,
+        max_rows: int | None = None,
     ) -> ForwardBatcher | None:
         """The batcher joining the calls of ``forward`` (model ``name``'s network ``network``)
         from concurrent jobs, run on the inference threads; ``None`` when batching is off. A
-        reloaded model (another ``network``) gets a new one."""
+        reloaded model (another ``network``) gets a new one. ``max_rows`` lowers the queue's
+        cap on inputs per forward (a TensorRT profile's bound)."""
         if self._batch_delay_s <= 0:
             return None
         with self._lock:
@@ -176,7 +178,10 @@ class WorkQueue:
                     return self.infer(forward, inputs)
 
                 batcher = ForwardBatcher(
-                    run, max_rows=self._batch_rows, max_delay_s=self._batch_delay_s, observe=observe
+                    run,
+                    max_rows=min(self._batch_rows, max_rows or self._batch_rows),
+                    max_delay_s=self._batch_delay_s,
+                    observe=observe,
                 )
                 held = (network, batcher)
                 self._batchers[name] = held

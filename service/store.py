@@ -24,6 +24,7 @@ import torch
 
 from models.aggregators import VideoScores, topk
 from models.bundle import (
+    ONNX_FILE,
     REPOSITORY_FILE,
     Bundle,
     BundleError,
@@ -170,6 +171,18 @@ class LoadedModel:
             return False
         stages = self.backend.stages
         return stages is None or stages.clustering == "none"
+
+    def forward_cap(self, wanted: int) -> int:
+        """``wanted`` network inputs per forward, within what the backend takes: a TensorRT
+        engine's optimisation profile bounds the batch (the ``clips`` range the manifest
+        records for ``model.onnx``). For joining calls across requests or videos."""
+        if self.backend.name != "tensorrt":
+            return wanted
+        try:
+            clips = self.bundle.file_info(ONNX_FILE)["dims"]["clips"]["max"]
+        except (KeyError, TypeError):
+            return min(wanted, self.batch_size)
+        return min(wanted, int(clips))
 
     @property
     def enrollable(self) -> bool:

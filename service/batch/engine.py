@@ -30,7 +30,6 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor
 
-from models.bundle import ONNX_FILE
 from models.stream import Cancelled, WholeVideoStages
 from service.api.recognize import DEFAULT_WINDOW_S, build_answer
 from service.batch.live import LiveSource, SourceUnavailable, StreamBroken
@@ -97,7 +96,7 @@ class _Network:
         if settings.max_batch_delay_ms > 0:
             self.batcher = ForwardBatcher(
                 self._locked,
-                max_rows=_batch_cap(model, settings.max_batch_inputs),
+                max_rows=model.forward_cap(settings.max_batch_inputs),
                 max_delay_s=settings.max_batch_delay_ms / 1e3,
             )
 
@@ -142,18 +141,6 @@ class _Account:
 
     def stages(self, stages: WholeVideoStages | None) -> WholeVideoStages | None:
         return None if stages is None else CallingStages(stages, self)
-
-
-def _batch_cap(model: LoadedModel, wanted: int) -> int:
-    """``wanted``, within what the backend takes: a TensorRT engine's profile bounds the batch
-    (the ``clips`` range the manifest records for ``model.onnx``)."""
-    if model.backend.name != "tensorrt":
-        return wanted
-    try:
-        clips = model.bundle.file_info(ONNX_FILE)["dims"]["clips"]["max"]
-    except (KeyError, TypeError):
-        return min(wanted, model.batch_size)
-    return min(wanted, int(clips))
 
 
 class Recognizer:
