@@ -42,12 +42,13 @@ demo-train: install-run
 	$(BIN)/python -m service.quickstart --train
 
 bench: install
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,scale]"
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/infer.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/long_video.py
+	$(BIN)/python bench/batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
