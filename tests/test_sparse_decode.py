@@ -413,7 +413,7 @@ def test_decode_sample_is_decode_for_then_sample_video(gop_video) -> None:
 
 
 def _no_streaming(*args, **kwargs):
-    raise AssertionError("the sparse path decoded the video chunk by chunk")
+    raise AssertionError("the sparse path decoded every frame")
 
 
 @pytest.mark.parametrize(
@@ -443,3 +443,20 @@ def test_recognition_is_identical_with_sparse_decode_on_and_off(
     assert torch.equal(on.prediction.outputs, in_memory.outputs)
     torch.testing.assert_close(on.prediction.outputs, off.prediction.outputs, rtol=0, atol=1e-5)
     assert on.prediction.scores.order.tolist() == off.prediction.scores.order.tolist()
+
+
+def test_second_pass_decodes_only_the_frames_picked(gop_video, monkeypatch) -> None:
+    # ms3d's (and a long TSM-k video's) second pass, past the first pass's keep budget.
+    spec = load_bundle(DEMO_BUNDLES / "ms3d-move4digits").spec
+    reader = models.stream._Reader(gop_video, spec, None, 1, 16, None)
+    rows = np.array([[3, 3, 77, 150], [0, 42, 150, 199]])
+    full, _ = models.stream._keep_frames(reader, rows)  # the total unknown: decode it all
+    with monkeypatch.context() as patch:
+        patch.setattr(models.stream, "decode_frames_at", _no_streaming)
+        kept, local = models.stream._keep_frames(reader, rows, total=200)
+    np.testing.assert_array_equal(kept, full)
+    np.testing.assert_array_equal(kept[local], decode_for(gop_video, spec)[0][rows])
+    # A first pass that counted otherwise than the packets: not trusted, decoded in full.
+    assert decode_sampled(gop_video, _given(rows), frame_count=199) is None
+    miscounted, _ = models.stream._keep_frames(reader, rows, total=199)
+    np.testing.assert_array_equal(miscounted, full)
