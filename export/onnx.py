@@ -14,6 +14,10 @@ cluster means -> logits), each verified against :class:`models.stream.TorchStage
 weights are ONNX external data pointing into ``model.onnx``, which holds the same tensors, so
 the split adds the graphs and not a second copy of the network. :class:`OnnxStages` runs them.
 
+``--quantize int8`` also writes ``model.int8.onnx`` (:mod:`export.quantize`): ONNX Runtime
+static int8 quantization (QDQ) calibrated on the bundle's training videos, written only when
+its top-1 agrees with ``model.onnx`` on the test videos (>= 99%, accuracy within 1 point).
+
 ``--fp16`` also writes the FP16 twins of these graphs (``model.fp16.onnx``,
 ``model.early.fp16.onnx``, ``model.late.fp16.onnx``; :func:`export_fp16`,
 :mod:`export.fp16`): FP16 but for the clustering and the reductions, float32 in and out,
@@ -71,6 +75,7 @@ __all__ = [
     "CLUSTER_OP",
     "PLUGIN_NAMESPACE",
     "MAX_OPSET",
+    "INT8_FILE",
     "ExportError",
     "Verification",
     "export_onnx",
@@ -103,6 +108,8 @@ FRAME_RANGE = (1, 32, 512)
 # The stage graphs run one video at a time; the early one on a chunk of frames plus the
 # temporal shift's context on both sides (models.stream._early).
 STAGE_CLIP_RANGE = (1, 1, 1)
+# The int8 twin of model.onnx (export.quantize).
+INT8_FILE = "model.int8.onnx"
 # Initializers at least this large are read from model.onnx instead of stored again.
 SHARE_MIN_BYTES = 1024
 
@@ -934,6 +941,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write model.fp16.onnx (FP16 but the clustering and reductions), verified",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write model.int8.onnx (static int8, QDQ), calibrated on the training videos "
+        "and verified by top-1 agreement with model.onnx on the test videos",
+    )
+    parser.add_argument(
+        "--data", help="the training dataset for --quantize, if not where the manifest says"
+    )
+    parser.add_argument(
+        "--calibration-videos",
+        type=int,
+        default=32,
+        help="--quantize: training videos to calibrate on, spread over the split (0: all)",
+    )
+    parser.add_argument(
+        "--test-videos",
+        type=int,
+        default=0,
+        help="--quantize: test videos to check agreement on, spread over the split (0: all)",
+    )
     args = parser.parse_args(argv)
     from models.bundle import BundleError
     from video.errors import VideoError
@@ -947,6 +975,15 @@ def main(argv: list[str] | None = None) -> int:
             optimize=not args.no_optimize,
             fp16=args.fp16,
         )
+        if args.quantize == "int8":
+            from export.quantize import export_int8
+
+            bundle = export_int8(
+                bundle,
+                data=args.data,
+                calibration_videos=args.calibration_videos,
+                test_videos=args.test_videos,
+            )
     except (ExportError, BundleError, VideoError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
@@ -958,6 +995,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"wrote {bundle.path / name} (opset {info['opset']}, "
                 f"max abs diff {info['max_abs_diff']:.3e})"
             )
+    if bundle.has(INT8_FILE):
+        agreement = bundle.file_info(INT8_FILE)["agreement"]
+        print(
+            f"wrote {bundle.path / INT8_FILE} (top-1 agreement {agreement['top1_agreement']:.2%} "
+            f"on {agreement['videos']} test videos, top-1 {agreement['int8_top1']:.2%} vs fp32 "
+            f"{agreement['fp32_top1']:.2%})"
+        )
     return 0
 
 

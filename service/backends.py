@@ -4,7 +4,9 @@ A backend is only the network call of :mod:`models.pipeline`: a float32 CPU tens
 ``(N, 3, T, H, W)`` in, what the eval-mode PyTorch module returns out; for ``full_video`` also
 the early/late split the streamed clustering runs (:class:`models.stream.WholeVideoStages`)
 where the backend has one. :func:`choose_backend` picks one per bundle (see
-``docs/service.md``, "Backends").
+``docs/service.md``, "Backends"). With ``precision="int8"`` it is ONNX Runtime on the bundle's
+``model.int8.onnx`` (``python -m export.onnx --quantize int8``, docs/export.md#int8), named
+``onnxruntime-int8`` so that every answer says which graph produced it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from models.stream import WholeVideoStages, stages_for
 from service.domain import ServiceError
 
 __all__ = [
+    "INT8_BACKEND",
     "Backend",
     "BackendUnavailable",
     "InputTooLarge",
@@ -41,6 +44,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The name of ONNX Runtime running the int8 graph, as answers and metrics report it.
+INT8_BACKEND = "onnxruntime-int8"
+# export.onnx.INT8_FILE, named here too so that choosing a backend imports no exporter.
+_INT8_FILE = "model.int8.onnx"
 
 
 class BackendUnavailable(ServiceError, RuntimeError):
@@ -64,25 +72,34 @@ class Offer:
         plan: The bundle lists a TensorRT plan for this machine's GPU.
         onnxruntime: ``onnxruntime`` is importable.
         tensorrt: TensorRT is importable and a CUDA device is present.
+        int8: The bundle lists ``model.int8.onnx``.
     """
 
     onnx: bool
     plan: bool
     onnxruntime: bool
     tensorrt: bool
+    int8: bool = False
 
 
-def choose_backend(preference: str, offer: Offer) -> str:
+def choose_backend(preference: str, offer: Offer, precision: str = "fp32") -> str:
     """The backend to run a bundle with.
 
     Args:
         preference: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``.
         offer: What the bundle and the machine offer.
+        precision: ``fp32``, or ``int8``: ONNX Runtime on ``model.int8.onnx``
+            (:data:`INT8_BACKEND`), with ``auto`` or ``onnxruntime`` only.
 
     Raises:
-        BackendUnavailable: An explicit preference that ``offer`` cannot meet, with the reason.
-        ValueError: An unknown preference.
+        BackendUnavailable: An explicit preference or precision that ``offer`` cannot meet,
+            with the reason.
+        ValueError: An unknown preference or precision.
     """
+    if precision == "int8":
+        return _choose_int8(preference, offer)
+    if precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}")
     if preference == "auto":
         if offer.plan and offer.tensorrt:
             return "tensorrt"
@@ -108,6 +125,24 @@ def choose_backend(preference: str, offer: Offer) -> str:
     raise ValueError(f"unknown backend {preference!r}")
 
 
+def _choose_int8(preference: str, offer: Offer) -> str:
+    if preference not in ("auto", "onnxruntime", "torch", "tensorrt"):
+        raise ValueError(f"unknown backend {preference!r}")
+    if preference in ("torch", "tensorrt"):
+        raise BackendUnavailable(
+            f"precision int8 runs on ONNX Runtime only, not {preference}; set backend to auto "
+            "or onnxruntime, or precision to fp32"
+        )
+    if not offer.onnxruntime:
+        raise BackendUnavailable("precision int8 needs onnxruntime, which is not installed")
+    if not offer.int8:
+        raise BackendUnavailable(
+            f"the bundle has no {_INT8_FILE}; run python -m export.onnx --bundle DIR "
+            "--quantize int8 (or serve it with precision fp32)"
+        )
+    return INT8_BACKEND
+
+
 def _plan_for_this_gpu(bundle: Bundle) -> bool:
     if not torch.cuda.is_available():
         return False
@@ -130,6 +165,7 @@ def machine_offer(bundle: Bundle) -> Offer:
         plan=trt and _plan_for_this_gpu(bundle),
         onnxruntime=importlib.util.find_spec("onnxruntime") is not None,
         tensorrt=trt,
+        int8=bundle.has(_INT8_FILE),
     )
 
 
@@ -171,7 +207,9 @@ def _torch_backend(bundle: Bundle, device: str) -> Backend:
     return Backend("torch", forward, {"device": device}, stages_for(model, device))
 
 
-def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
+def _onnxruntime_backend(
+    bundle: Bundle, device: str, threads: int, *, int8: bool = False
+) -> Backend:
     import onnxruntime as ort
 
     from export.onnx import OnnxForward
@@ -179,12 +217,21 @@ def _onnxruntime_backend(bundle: Bundle, device: str, threads: int) -> Backend:
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    forward = OnnxForward(bundle.file(ONNX_FILE), threads=threads, providers=providers)
-    stages = _onnx_stages(bundle, threads, providers)
-    info: dict[str, Any] = {"providers": forward.providers}
+    file = _INT8_FILE if int8 else ONNX_FILE
+    forward = OnnxForward(bundle.file(file), threads=threads, providers=providers)
+    # The stage graphs are fp32: an int8 full_video model runs its whole graph (the video is
+    # then decoded into memory, bounded by max_frames_in_memory).
+    stages = None if int8 else _onnx_stages(bundle, threads, providers)
+    info: dict[str, Any] = {
+        "providers": forward.providers,
+        "precision": "int8" if int8 else "fp32",
+        "file": file,
+    }
+    if int8:
+        info["agreement"] = bundle.file_info(file).get("agreement")
     if _ships_stages(bundle):
         info["stages"] = stages is not None
-    return Backend("onnxruntime", forward, info, stages)
+    return Backend(INT8_BACKEND if int8 else "onnxruntime", forward, info, stages)
 
 
 def _ships_stages(bundle: Bundle) -> bool:
@@ -259,7 +306,12 @@ def _trt_stages(bundle: Bundle) -> WholeVideoStages | None:
 
 
 def load_backend(
-    bundle: Bundle, preference: str = "auto", *, device: str = "auto", threads: int = 0
+    bundle: Bundle,
+    preference: str = "auto",
+    *,
+    device: str = "auto",
+    threads: int = 0,
+    precision: str = "fp32",
 ) -> Backend:
     """Choose and load the backend for ``bundle``.
 
@@ -268,12 +320,15 @@ def load_backend(
         preference: ``auto`` or a backend name (see :func:`choose_backend`).
         device: ``auto``, ``cpu`` or ``cuda`` for torch and ONNX Runtime.
         threads: Intra-op threads for ONNX Runtime (0: its default); torch's are process-wide.
+        precision: ``fp32`` or ``int8`` (see :func:`choose_backend`).
 
     Raises:
         BackendUnavailable: The chosen backend cannot load this bundle here.
     """
-    name = choose_backend(preference, machine_offer(bundle))
+    name = choose_backend(preference, machine_offer(bundle), precision)
     dev = resolve_device(device)
+    if name == INT8_BACKEND:
+        return _onnxruntime_backend(bundle, dev, threads, int8=True)
     if name == "tensorrt":
         return _tensorrt_backend(bundle)
     if name == "onnxruntime":

@@ -77,7 +77,9 @@ class TimelineSegment(BaseModel):
 class RecognizeResponse(BaseModel):
     model: str = Field(description="the bundle that answered")
     family: str
-    backend: str = Field(description="torch, onnxruntime or tensorrt")
+    backend: str = Field(
+        description="torch, onnxruntime, onnxruntime-int8 (the int8 graph) or tensorrt"
+    )
     top5: list[Scored] = Field(description="best first (fewer when the model has fewer classes)")
     unknown: bool = Field(description="ms3d: nearest distance >= gamma; always false otherwise")
     frames: int = Field(description="frames decoded")

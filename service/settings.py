@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     model_backends: dict[str, BackendName] = Field(
         default_factory=dict, description="per-bundle override of `backend`, e.g. {name: torch}"
     )
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="int8: serve each bundle's model.int8.onnx on ONNX Runtime (backend auto or "
+        "onnxruntime; python -m export.onnx --quantize int8); a bundle without one is not "
+        "loaded. Answers name the backend onnxruntime-int8",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="where torch and ONNX Runtime run (auto: CUDA when present)"
     )
