@@ -14,9 +14,9 @@ asked for, and times on each, interleaved, several repeats, output 128x171 (H x 
 It prints medians and the ratios: our sparse decode against our full decode, and ours
 against each peer, dense and sparse (above 1.0x: ours is faster). Each ratio is a ratio of
 medians and the median of per-round ratios (paired: same moment, same machine load).
-Process CPU time (all threads) is printed beside wall time: on a shared machine it is the
-steadier of the two. Every decoder runs with ``--threads`` decoder threads and opens the
-file inside the timed call. Not a test: run ``python bench/decode.py``.
+Process CPU time (all threads) is printed beside wall time, and its ratio: on a shared
+machine it is the steadier of the two. Every decoder runs with ``--threads`` decoder threads
+and opens the file inside the timed call. Not a test: run ``python bench/decode.py``.
 """
 
 from __future__ import annotations
@@ -159,10 +159,13 @@ def _time(fn: Runner) -> tuple[float, float, int]:
     return time.perf_counter() - wall, time.process_time() - cpu, len(frames)
 
 
-def _ratio(walls: dict[str, list[float]], slow: str, fast: str) -> str:
+def _ratio(
+    walls: dict[str, list[float]], cpus: dict[str, list[float]], slow: str, fast: str
+) -> str:
     of_medians = statistics.median(walls[slow]) / statistics.median(walls[fast])
     paired = statistics.median(s / f for s, f in zip(walls[slow], walls[fast]))
-    return f"{of_medians:.2f}x of medians, {paired:.2f}x paired median"
+    cpu = statistics.median(cpus[slow]) / statistics.median(cpus[fast])
+    return f"{of_medians:.2f}x of medians, {paired:.2f}x paired median, {cpu:.2f}x CPU"
 
 
 def bench_clip(path: Path, n: int, repeats: int, threads: int, peers: list[str]) -> None:
@@ -193,10 +196,11 @@ def bench_clip(path: Path, n: int, repeats: int, threads: int, peers: list[str])
         wall_ms = 1e3 * statistics.median(walls[name])
         cpu_ms = 1e3 * statistics.median(cpus[name])
         print(f"  {name:32s} {wall_ms:8.1f} ms wall (median) {cpu_ms:8.1f} ms CPU")
-    print(f"  ours sparse vs ours dense:        {_ratio(walls, 'ours dense', 'ours sparse')}")
+    ratio = _ratio(walls, cpus, "ours dense", "ours sparse")
+    print(f"  ours sparse vs ours dense:        {ratio}")
     for peer in peers:
         for kind in ("dense", "sparse"):
-            ratio = _ratio(walls, f"{peer} {kind}", f"ours {kind}")
+            ratio = _ratio(walls, cpus, f"{peer} {kind}", f"ours {kind}")
             print(f"  ours vs {peer} {kind}:{' ' * (24 - len(peer) - len(kind))}{ratio}")
 
 
