@@ -60,6 +60,15 @@ MIN_AGREEMENT = 0.99
 MAX_ACCURACY_DROP = 0.01
 # Ops whose compute is quantized; everything else runs in float between the QDQ pairs.
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+# Ops quantized too so that int8 flows from one quantized op to the next (ONNX Runtime fuses a
+# DequantizeLinear -> op -> QuantizeLinear group into its int8 kernel only when the op's output
+# is quantized): activations, pools, residual adds, and full_video's shift (slices, concat).
+_INT8_FLOW_OPS = (
+    "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Concat", "Slice",
+    "Split", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+)  # fmt: skip
+# Shape-only ops between an activation and the clustering node, kept float with it.
+_PASSTHROUGH_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 # Per family, quantizable ops kept float (see the module docstring).
 _FLOAT_OPS = {"ms3d": ("Gemm", "MatMul"), "attention_lstm": ("Gemm", "MatMul")}
 # Calibration batches of at most this many inputs (the calibrator keeps only each batch's
@@ -167,23 +176,44 @@ class _Reader:
 # The graph
 
 
+def _is_custom(node: onnx.NodeProto) -> bool:
+    return node.domain not in ("", "ai.onnx", "com.microsoft")
+
+
+def _cluster_paths(proto: onnx.ModelProto) -> list[str]:
+    """Names of the shape-only nodes feeding custom-domain nodes (``actrec::TemporalCluster``),
+    back to the op that computes their input."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    names: list[str] = []
+    todo = [i for n in proto.graph.node if _is_custom(n) for i in n.input]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.op_type in _PASSTHROUGH_OPS and node.name not in names:
+            names.append(node.name)
+            todo.extend(node.input[:1])
+    return names
+
+
 def _float_nodes(proto: onnx.ModelProto, family: str) -> list[str]:
-    """Names of the quantizable nodes that stay float for ``family``."""
+    """Names of the quantizable nodes that stay float for ``family``, and the shape-only
+    nodes in front of the clustering node."""
     kept = _FLOAT_OPS.get(family, ())
-    return [n.name for n in proto.graph.node if n.op_type in kept]
+    return [n.name for n in proto.graph.node if n.op_type in kept] + _cluster_paths(proto)
 
 
-def _float_inputs_for_custom_nodes(proto: onnx.ModelProto) -> int:
-    """Rewire custom-domain nodes (``actrec::TemporalCluster``) that read a
-    ``DequantizeLinear`` output to that pair's float input; returns how many inputs moved."""
+def _float_inputs_for_custom_nodes(proto: onnx.ModelProto, float_nodes: Sequence[str]) -> int:
+    """Rewire custom-domain nodes (``actrec::TemporalCluster``) and the shape-only nodes in
+    front of them (``float_nodes``) that read a ``DequantizeLinear`` output to that pair's
+    float input, so the clustering sees exact activations; returns how many inputs moved."""
     dq_source: dict[str, str] = {}
     q_source = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     for node in proto.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in q_source:
             dq_source[node.output[0]] = q_source[node.input[0]]
     moved = 0
+    path = set(float_nodes)
     for node in proto.graph.node:
-        if node.domain in ("", "ai.onnx", "com.microsoft"):
+        if not (_is_custom(node) or node.name in path):
             continue
         for index, name in enumerate(node.input):
             if name in dq_source:
@@ -216,7 +246,7 @@ def quantize_graph(
             str(raw),
             reader,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=[*QUANTIZED_OPS, *_INT8_FLOW_OPS],
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -224,7 +254,7 @@ def quantize_graph(
             calibrate_method=CalibrationMethod.MinMax,
         )
         quantized = onnx.load(str(raw))
-    moved = _float_inputs_for_custom_nodes(quantized)
+    moved = _float_inputs_for_custom_nodes(quantized, _cluster_paths(proto))
     quantized.producer_name = "actrec.export.quantize"
     onnx.checker.check_model(quantized)
     Path(target).write_bytes(quantized.SerializeToString())
