@@ -460,3 +460,42 @@ def test_second_pass_decodes_only_the_frames_picked(gop_video, monkeypatch) -> N
     assert decode_sampled(gop_video, _given(rows), frame_count=199) is None
     miscounted, _ = models.stream._keep_frames(reader, rows, total=199)
     np.testing.assert_array_equal(miscounted, full)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_no_file_descriptor_leak(damaged, gop_video) -> None:
+    decode_sampled(gop_video, _given(np.array([5])))  # warm up lazy library loading
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    for _ in range(3):
+        for path, _error in damaged.values():
+            with pytest.raises(VideoError):
+                got = decode_sampled(path, _given(np.array([0])))
+                if got is None:  # not indexable: the full decode raises
+                    decode_video(path)
+        decode_sampled(io.BytesIO(gop_video.read_bytes()), _given(np.array([5, 150])))
+        with pytest.raises(VideoLimitError):
+            decode_sampled(gop_video, _given(np.array([5])), limits=DecodeLimits(max_frames=3))
+    assert len(list(Path("/proc/self/fd").iterdir())) == before
+
+
+def test_a_damaged_keyframe_falls_back_to_the_full_decode(tmp_path, caplog) -> None:
+    # Zeros inside keyframe 20's data: a full decode conceals it from frame 19, which a
+    # decode starting at that keyframe never saw; frames 20-29 depend on it.
+    path = _encode(tmp_path / "g.mp4", options=_x264("keyint=10:min-keyint=10:scenecut=0"))
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    shown_at = sorted(p.pts for p in packets if p.pts is not None)
+    key = next(p for p in packets if p.pts == shown_at[20])
+    assert key.is_keyframe and key.pos is not None
+    data = bytearray(path.read_bytes())
+    middle = key.pos + key.size // 2
+    data[middle : middle + 64] = bytes(64)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    full, meta = decode_video(damaged, size=SIZE)
+    assert meta.frame_count == N  # concealed, not dropped
+    with caplog.at_level(logging.INFO, logger="video.decode"):
+        got = decode_sampled(damaged, _given(np.array([25])), size=SIZE)
+    assert got is not None
+    np.testing.assert_array_equal(got[0], full[[25]])
+    assert "damaged" in caplog.text and FALLBACK in caplog.text

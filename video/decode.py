@@ -109,6 +109,9 @@ _SPARSE_MAX_SHARE = 0.8
 _SEEK_GAP = 32
 # H.264 NAL unit types of coded slices (non-IDR, IDR); their header carries nal_ref_idc.
 _H264_SLICES = frozenset({1, 5})
+# Length-prefixed (MP4/MKV) H.264 and HEVC: where the decoder configuration record keeps the
+# NAL length size (minus one, low two bits), and its least length.
+_LENGTH_SIZE_AT = {"h264": (4, 7), "hevc": (21, 23)}
 
 # Demuxers for video containers and raw video elementary streams. Anything else (playlists,
 # concat lists, subtitles...) fails to open: playlist-like demuxers open further files or
@@ -1081,15 +1084,19 @@ def _index_packets(
     nonref: list[bool] = []
     duration: list[int] = []
     corrupt = False
+    broken = 0  # packets whose NAL units do not fill them exactly
     scan = _Progress()
-    length_size = _avcc_length_size(stream) if header.codec == "h264" else None
+    length_size = _nal_length_size(stream, header.codec)
     for packet in _demux(container, stream, scan):
         if not packet.size:
             continue
         pts.append(packet.pts)
         key.append(packet.is_keyframe)
         shown.append(not packet.is_discard)
-        nonref.append(length_size is not None and _h264_nonref(packet, length_size))
+        heads = _nal_heads(packet, length_size) if length_size else []
+        if heads is None:
+            broken += 1
+        nonref.append(header.codec == "h264" and heads is not None and _h264_nonref(heads))
         duration.append(packet.duration or 0)
         corrupt |= packet.is_corrupt
     known = np.array([p if p is not None else 0 for p in pts], dtype=np.int64)
@@ -1114,7 +1121,7 @@ def _index_packets(
         display=display,
         t_end=progress.t_end,
     )
-    reason = _inexact_reason(table, pts, header, scan.demux_error, corrupt)
+    reason = _inexact_reason(table, pts, header, scan.demux_error, corrupt or bool(broken))
     return FrameIndex(
         frame_count=len(display),
         keyframes=int(table.key.sum()),
@@ -1141,7 +1148,7 @@ def _inexact_reason(
     if frames < 2:
         return f"the stream holds {frames} frame(s)"
     if corrupt:
-        return "the demuxer flags a packet as corrupt"
+        return "a packet is damaged (flagged corrupt, or its NAL units do not fill it)"
     if any(p is None for p in pts):
         return "a packet has no timestamp"
     if len(np.unique(table.pts)) < len(table.pts):
@@ -1155,25 +1162,39 @@ def _inexact_reason(
     return ""
 
 
-def _avcc_length_size(stream: av.VideoStream) -> int | None:
-    """Bytes of the NAL unit length prefix of length-framed (MP4/MKV) H.264, else ``None``."""
+def _nal_length_size(stream: av.VideoStream, codec: str) -> int | None:
+    """Bytes of the NAL unit length prefix of length-framed (MP4/MKV) H.264 or HEVC, else
+    ``None`` (other codecs, or Annex B start codes as in MPEG-TS)."""
+    where = _LENGTH_SIZE_AT.get(codec)
     extra = stream.codec_context.extradata
-    if extra is None or len(extra) < 5 or extra[0] != 1:
-        return None  # Annex B start codes (e.g. MPEG-TS): no non-reference skipping
-    return (extra[4] & 3) + 1
+    if where is None or extra is None or len(extra) < where[1] or extra[0] != 1:
+        return None
+    return (extra[where[0]] & 3) + 1
 
 
-def _h264_nonref(packet: av.Packet, length_size: int) -> bool:
-    """Whether a length-framed H.264 access unit is a non-reference picture: its first
-    slice's ``nal_ref_idc`` is 0 (the same for every slice of a picture)."""
+def _nal_heads(packet: av.Packet, length_size: int) -> list[int] | None:
+    """The first header byte of each NAL unit of a length-framed packet, or ``None`` when the
+    lengths do not add up to the packet (a damaged packet, which no decoder reads whole)."""
     data = memoryview(packet)
+    heads: list[int] = []
     at, end = 0, len(data)
-    while at + length_size < end:
+    while at < end:
+        if at + length_size >= end:
+            return None
         size = int.from_bytes(data[at : at + length_size], "big")
-        head = data[at + length_size]
+        if size == 0:
+            return None
+        heads.append(data[at + length_size])
+        at += length_size + size
+    return heads if at == end else None
+
+
+def _h264_nonref(heads: list[int]) -> bool:
+    """Whether an H.264 access unit (its NAL header bytes) is a non-reference picture: its
+    first slice's ``nal_ref_idc`` is 0 (the same for every slice of a picture)."""
+    for head in heads:
         if head & 0x1F in _H264_SLICES:
             return head & 0x60 == 0
-        at += length_size + size
     return False
 
 
@@ -1357,15 +1378,17 @@ class _SpanDecoder:
         if seen and pts <= seen[-1]:
             raise _NotExact(f"frames came out of presentation order (pts {pts})")
         seen.append(pts)
-        slot = self.slot.get(pts)
-        if slot is None:
-            return
-        pos = self.position[pts]
+        # A damaged frame is concealed from whatever the decoder saw before it, which differs
+        # from a full decode's; the frames after it depend on it.
         if frame.is_corrupt or (frame.width, frame.height) != (
             self.header.width,
             self.header.height,
         ):
-            raise _NotExact(f"frame {self.wanted[slot]} is damaged or not at the stream's size")
+            raise _NotExact(f"the frame at pts {pts} is damaged or not at the stream's size")
+        slot = self.slot.get(pts)
+        if slot is None:
+            return
+        pos = self.position[pts]
         if (frame.duration or 0) != self.table.duration[pos]:
             raise _NotExact(f"frame {self.wanted[slot]} lasts otherwise than its packet")
         rgb = self.convert(frame, int(self.wanted[slot]))
