@@ -527,7 +527,9 @@ class ModelStore:
         s = self.settings
         bundle = load_bundle(path)
         preference = s.model_backends.get(bundle.name, s.backend)
-        backend = load_backend(bundle, preference, device=s.device, threads=s.compute_threads)
+        backend = load_backend(
+            bundle, preference, device=s.device, threads=s.compute_threads, precision=s.precision
+        )
         repository = None
         if bundle.spec.aggregator == "nearest_centre":
             repository = Repository.load(bundle.file(REPOSITORY_FILE))

@@ -166,11 +166,6 @@ def test_backend_runs_the_int8_graph(store: Path) -> None:
     assert a.scores.label == b.scores.label and not torch.equal(a.outputs, b.outputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.store.ModelStore.load_one does not pass settings.precision to "
-    "load_backend yet (one line, owned elsewhere); remove this marker with it",
-)
 def test_service_answers_with_int8_and_says_so(store: Path, tmp_path: Path) -> None:
     settings = Settings(
         store=store,
