@@ -250,6 +250,7 @@ def recognize_job(
             stages=network.stages(model.backend.stages),
             limits=decode_limits(settings, model),
             threads=settings.decode_threads,
+            sparse=settings.sparse_decode,
             timeline=task.timeline or task.on_segment is not None,
             window_s=task.window_s,
             on_segment=task.on_segment,
@@ -279,6 +280,7 @@ def embed_job(
                         forward=network.forward(model.backend.forward),
                         limits=decode_limits(settings, model),
                         threads=settings.decode_threads,
+                        sparse=settings.sparse_decode,
                         cancelled=task.cancelled,
                     )
                 )

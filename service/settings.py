@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     inference_workers: int = Field(default=1, ge=1, description="inferences run at the same time")
     decode_workers: int = Field(default=2, ge=1, description="videos decoded at the same time")
     decode_threads: int = Field(default=2, ge=1, le=16, description="FFmpeg threads per decode")
+    sparse_decode: bool = Field(
+        default=True,
+        description="decode only the frames a sampler needs where it can (exactly the frames "
+        "a full decode gives); false: always decode every frame",
+    )
     max_batch_delay_ms: float = Field(
         default=5.0,
         ge=0,

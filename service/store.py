@@ -206,6 +206,7 @@ class LoadedModel:
         window_s: float = 10.0,
         on_segment: Callable[[TimelineSegment], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        sparse: bool = True,
     ) -> Outcome:
         """The answer for the video file at ``path``, streamed through the shared path.
 
@@ -221,6 +222,8 @@ class LoadedModel:
                 computing the timeline).
             cancelled: Polled between decoded chunks; ``True`` stops the work with
                 :class:`models.stream.Cancelled`.
+            sparse: Decode only the frames the sampler needs where it can (exactly the frames
+                a full decode gives; see :func:`video.decode.decode_sampled`).
 
         Raises:
             EmptyRepository: An ms3d model without a class.
@@ -257,6 +260,7 @@ class LoadedModel:
             window_s=window_s,
             on_segment=emit if streamed else None,
             cancelled=cancelled,
+            sparse=sparse,
         )
         return Outcome(
             answer.prediction, labels, gamma, answer.meta, segments if timeline else None
@@ -270,6 +274,7 @@ class LoadedModel:
         limits: DecodeLimits | None = None,
         threads: int = 2,
         cancelled: Callable[[], bool] | None = None,
+        sparse: bool = True,
     ) -> np.ndarray:
         """``(P, D)`` walk embeddings of the video file at ``path``, as the repository was
         built in training (every walk, no cap)."""
@@ -281,6 +286,7 @@ class LoadedModel:
             limits=limits,
             threads=threads,
             cancelled=cancelled,
+            sparse=sparse,
         )
         return outputs.numpy()
 

@@ -259,6 +259,7 @@ class Recognizer:
                 stages=account.stages(self.model.backend.stages),
                 limits=limits or self._limits(),
                 threads=self.settings.decode_threads,
+                sparse=self.settings.sparse_decode,
                 timeline=timeline,
                 window_s=self.options.window_s,
                 on_segment=on_segment,
