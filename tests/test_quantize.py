@@ -29,6 +29,7 @@ from service.backends import (
     load_backend,
 )
 from training.datasets import load_dataset
+from training.synth import generate
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "bundles"
@@ -50,8 +51,23 @@ def _copy(name: str, directory: Path) -> Path:
     return target
 
 
-def _data(bundle: Path) -> Path:
-    return REPO / load_bundle(bundle).config["data"]
+_DATA: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _demo_data(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A fresh copy of the data the demo bundles were fine-tuned on (the second stage of
+    demo/train_bundles.sh: the varied look, 60 videos per class, seed 0), so the
+    calibration and test lists are the bundles' own; a clean checkout has no data/."""
+    data = tmp_path_factory.mktemp("data") / "move4digits-varied"
+    generate(data, classes="4", per_class=60, seed=0, style="varied", progress=False)
+    _DATA[:] = [data]
+
+
+def _data(bundle: Path | Bundle) -> Path:
+    config = (bundle if isinstance(bundle, Bundle) else load_bundle(bundle)).config
+    assert Path(config["data"]).name == _DATA[0].name  # the bundles' dataset
+    return _DATA[0]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +84,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _test_videos(bundle: Bundle, count: int) -> list[tuple[Path, str]]:
-    splits = load_dataset(REPO / bundle.config["data"], split=1)
+    splits = load_dataset(_data(bundle), split=1)
     entries = splits.test[:: max(1, len(splits.test) // count)][:count]
     return [(e.path, splits.classes[e.label]) for e in entries]
 
