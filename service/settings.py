@@ -178,11 +178,12 @@ class Settings(BaseSettings):
         "a full decode gives); false: always decode every frame",
     )
     max_batch_delay_ms: float = Field(
-        default=5.0,
+        default=0.0,
         ge=0,
         description="batching across requests: the longest a network call waits for the calls "
         "of other requests to the same model to join its forward (it waits only while some "
-        "are in progress); 0 turns batching off",
+        "are in progress); 0 (the default: on 2 CPU cores it did not pay, docs/service.md) turns "
+        "batching off",
     )
     max_batch_inputs: int = Field(
         default=32, ge=1, description="batching across requests: most network inputs per forward"

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{LIVE_BATCH_SIZE} for live sources)",
     )
     p.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=5.0,
+        help="longest a network call waits for other videos' calls to join its forward "
+        "(ACTREC_MAX_BATCH_DELAY_MS; default %(default)s; 0: no joining)",
+    )
+    p.add_argument(
         "--stdin-stream",
         action="store_true",
         help="recognise an MPEG-TS or Matroska stream read from standard input (a pipe)",
@@ -150,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, bundle: Path, live: bool) -> Settings:
-    overrides: dict[str, Any] = {"store": bundle.parent, "load_in_background": False}
+    overrides: dict[str, Any] = {
+        "store": bundle.parent,
+        "load_in_background": False,
+        "max_batch_delay_ms": args.batch_delay_ms,
+    }
     for key in ("backend", "device", "batch_size"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
