@@ -27,9 +27,10 @@ OUT=${OUT:-demo/bundles}
 mkdir -p "$FIRST" "$OUT"
 for family in ${FAMILIES:-c3d_vll attention_lstm ms3d full_video}; do
     name="$family-move4digits"
-    first=() extra=()
-    [ "$family" = ms3d ] && first=(--tailor true) && extra=(--tailor true --epochs 60)
-    [ "$family" = attention_lstm ] && first=(--augment false)
+    # The family's extra flags per stage, from the one place that holds them
+    # (service/quickstart.py FIRST_STAGE_ARGS, FINE_TUNE_ARGS; none of them has a space).
+    read -r -a first <<< "$("$PY" -c "import sys; from service.quickstart import FIRST_STAGE_ARGS as A; print(*A.get(sys.argv[1], ()))" "$family")"
+    read -r -a extra <<< "$("$PY" -c "import sys; from service.quickstart import FINE_TUNE_ARGS as A; print(*A.get(sys.argv[1], ()))" "$family")"
     start=$(date +%s)
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
     [ -f "$FIRST/$name/manifest.json" ] ||
